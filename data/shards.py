@@ -7,6 +7,7 @@ read whole into RAM.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -28,22 +29,45 @@ def token_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 
+class ShardWriter:
+    """Append tokens to one shard, never holding it in memory; the header is filled in at `close()`.
+
+    The file is written under a temporary name and renamed into place when
+    complete, so a crash never leaves a shard that looks valid but is short.
+    """
+
+    def __init__(self, path: str | Path, vocab_size: int):
+        self.path = Path(path)
+        self.vocab_size = vocab_size
+        self.dtype = np.dtype(token_dtype(vocab_size)).newbyteorder("<")
+        self.count = 0
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._file = open(self._tmp, "wb")
+        self._file.write(bytes(HEADER_BYTES))
+
+    def write(self, tokens: np.ndarray) -> None:
+        tokens = np.asarray(tokens)
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.vocab_size})")
+        self._file.write(tokens.astype(self.dtype, copy=False).tobytes())
+        self.count += int(tokens.size)
+
+    def close(self) -> None:
+        header = np.zeros(HEADER_INTS, dtype="<i4")
+        header[:4] = (MAGIC, VERSION, self.count, self.dtype.itemsize)
+        self._file.seek(0)
+        self._file.write(header.tobytes())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.path)
+
+
 def write_shard(path: str | Path, tokens: np.ndarray, vocab_size: int) -> None:
     """Write a shard atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    dtype = token_dtype(vocab_size)
-    tokens = np.asarray(tokens)
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
-        raise ValueError(f"token ids must lie in [0, {vocab_size})")
-    header = np.zeros(HEADER_INTS, dtype="<i4")
-    header[:4] = (MAGIC, VERSION, tokens.size, np.dtype(dtype).itemsize)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(header.tobytes())
-        f.write(tokens.astype(np.dtype(dtype).newbyteorder("<"), copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    writer = ShardWriter(path, vocab_size)
+    writer.write(tokens)
+    writer.close()
 
 
 def read_header(path: str | Path) -> tuple[int, type]:
@@ -78,6 +102,26 @@ def read_header(path: str | Path) -> tuple[int, type]:
         raise GPTError(f"shard {path} is truncated or corrupt: its header promises {count} tokens "
                        f"({expected} bytes) but the file has {size} bytes. Re-run data/prepare.py for this dataset.")
     return count, _DTYPES[width]
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFile:
+    """Where a file's tokens lie: `tokens` values of `dtype` (little-endian) from byte `offset` on.
+
+    Our shards and llm.c's have a 1 KB header (offset 1024); nanoGPT's
+    train.bin/val.bin have none (offset 0, uint16).
+    """
+
+    path: Path
+    tokens: int
+    dtype: np.dtype
+    offset: int = HEADER_BYTES
+
+
+def describe_shard(path: str | Path) -> ShardFile:
+    """The ShardFile of a headed shard, after validating its header (reads 1 KB, maps nothing)."""
+    count, dtype = read_header(path)
+    return ShardFile(Path(path), count, np.dtype(dtype).newbyteorder("<"))
 
 
 def open_shard(path: str | Path) -> np.memmap:
