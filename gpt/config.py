@@ -19,7 +19,8 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char.yaml"
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION = ("auto", "sdpa", "math")
+ATTENTION = ("auto", "triton", "sdpa", "math")
+OP_IMPLS = ("auto", "triton", "torch")  # layernorm, cross_entropy: see kernels/__init__.py
 INIT_FROM = ("scratch", "resume")
 
 
@@ -34,7 +35,10 @@ class ModelConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False
-    attention: str = "auto"
+    attention: str = "auto"  # auto = our Triton kernel on CUDA, sdpa elsewhere; or triton | sdpa | math
+    layernorm: str = "auto"  # auto = our Triton kernel on CUDA, torch elsewhere; or triton | torch
+    cross_entropy: str = "auto"  # the loss, same choices as layernorm
+    fused_linear_loss: bool = False  # lm_head + loss in token chunks: the logits never exist (forward returns None)
 
 
 @dataclasses.dataclass
@@ -131,6 +135,8 @@ def validate(cfg: Config) -> Config:
         raise GPTError(f"--device={t.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps.")
     _choice("dtype", t.dtype, DTYPES)
     _choice("attention", m.attention, ATTENTION)
+    _choice("layernorm", m.layernorm, OP_IMPLS)
+    _choice("cross_entropy", m.cross_entropy, OP_IMPLS)
     _choice("init_from", t.init_from, INIT_FROM)
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")

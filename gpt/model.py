@@ -4,7 +4,8 @@ Token + learned position embeddings, n_layer pre-LayerNorm blocks (causal
 self-attention, GELU MLP), a final LayerNorm and an output head tied to the
 token embedding. GPT-2 initialisation, with residual projections scaled by
 1/sqrt(2 * n_layer). The model knows nothing of ranks, launchers or devices;
-attention comes from `kernels` by name.
+attention, LayerNorm and the loss come from `kernels` by name (config keys
+attention, layernorm, cross_entropy, fused_linear_loss), Triton or torch.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gpt.config import ModelConfig
-from kernels import attention_impl
+from kernels import attention_impl, cross_entropy, fused_linear_cross_entropy, layer_norm
 
 
 class KVCache:
@@ -35,6 +35,19 @@ class KVCache:
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class LayerNorm(nn.Module):
+    """nn.LayerNorm's parameters (same names, bias optional) computed by kernels.layer_norm."""
+
+    def __init__(self, ndim: int, bias: bool, impl: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(ndim))
+        self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return layer_norm(x, self.weight, self.bias, 1e-5, impl=self.impl)
 
 
 class CausalSelfAttention(nn.Module):
@@ -78,9 +91,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layernorm)
         self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layernorm)
         self.mlp = MLP(config)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
@@ -99,7 +112,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=LayerNorm(config.n_embd, config.bias, config.layernorm),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output head reads tokens with the same vectors that embed them
@@ -132,11 +145,12 @@ class GPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: Optional[torch.Tensor] = None,
                 cache: Optional[KVCache] = None, last_only: bool = False
-                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Logits (B, T, vocab) — or (B, 1, vocab) with `last_only` — and the mean loss if targets are given.
 
         Targets equal to -1 are ignored. With a cache, idx holds only the new tokens,
-        which take the positions after those already cached.
+        which take the positions after those already cached. With `fused_linear_loss`
+        and targets, the logits are never built and None is returned in their place.
         """
         b, t = idx.size()
         start = cache.length if cache is not None else 0
@@ -150,7 +164,9 @@ class GPT(nn.Module):
             cache.length += t
         x = self.transformer.ln_f(x)
         if targets is not None:
+            impl = self.config.cross_entropy
+            if self.config.fused_linear_loss:
+                return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1, impl=impl)
             logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            return logits, cross_entropy(logits, targets, ignore_index=-1, impl=impl)
         return self.lm_head(x[:, [-1], :] if last_only else x), None

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 
 def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                    dropout_p: float = 0.0, scale: float | None = None,
-                   q_offset: int = 0) -> torch.Tensor:
+                   q_offset: int = 0, keep: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v, written out. q: (B, H, Tq, D); k, v: (B, H, Tk, D).
 
     With `causal`, query i (at absolute position q_offset + i) sees keys 0 .. q_offset + i,
-    so a KV-cache step (Tq < Tk) is masked correctly.
+    so a KV-cache step (Tq < Tk) is masked correctly. `keep`, a boolean (B, H, Tq, Tk)
+    mask, replaces the random dropout mask (to check a kernel's dropout against this).
     """
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     att = (q @ k.transpose(-2, -1)) * scale
@@ -23,7 +24,9 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
         cols = torch.arange(tk, device=q.device).unsqueeze(0)
         att = att.masked_fill(cols > rows, float("-inf"))
     att = F.softmax(att, dim=-1)
-    if dropout_p > 0.0:
+    if keep is not None:
+        att = att * keep / (1.0 - dropout_p)
+    elif dropout_p > 0.0:
         att = F.dropout(att, p=dropout_p)
     return att @ v
 
@@ -40,3 +43,21 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     rows = torch.arange(tq, device=q.device).unsqueeze(1) + q_offset
     mask = torch.arange(tk, device=q.device).unsqueeze(0) <= rows
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dim: torch's F.layer_norm."""
+    return F.layer_norm(x, (x.size(-1),), weight, bias, eps)
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """Mean cross-entropy over targets != ignore_index, computed in fp32 (as the model always has)."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                           ignore_index=ignore_index)
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         ignore_index: int = -1) -> torch.Tensor:
+    """cross_entropy(hidden @ weight.T, targets), materialising the logits."""
+    return cross_entropy(F.linear(hidden, weight), targets, ignore_index)
