@@ -63,9 +63,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint file, explaining what is wrong with a bad one."""
+    """Read and check a checkpoint (a ckpt.pt file, or an out_dir of a plain or DeepSpeed run).
+
+    Bad ones are explained: missing, truncated, not a checkpoint, incomplete.
+    """
     path = Path(path)
     if path.is_dir():
+        from gpt.strategy.deepspeed_export import is_deepspeed_checkpoint, plain_from_deepspeed
+        if is_deepspeed_checkpoint(path):  # a DeepSpeed run's out_dir: reassemble its latest checkpoint
+            return plain_from_deepspeed(path)
         path = checkpoint_path(path)
     if not path.is_file():
         raise GPTError(f"no checkpoint at {path}. Train first (python launch/train.py --out_dir={path.parent}) "

@@ -22,6 +22,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "triton", "sdpa", "math")
 OP_IMPLS = ("auto", "triton", "torch")  # layernorm, cross_entropy: see kernels/__init__.py
 INIT_FROM = ("scratch", "resume")
+STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 
 
 @dataclasses.dataclass
@@ -79,6 +80,16 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class DistConfig:
+    """How the run is spread over processes; see gpt/strategy/."""
+
+    strategy: str = "auto"
+    zero_stage: Optional[int] = None
+    ds_config: str = "ds_config.json"
+    local_rank: Optional[int] = None  # passed by the deepspeed launcher; LOCAL_RANK from the environment wins
+
+
+@dataclasses.dataclass
 class LogConfig:
     wandb_log: bool = False
     wandb_project: str = "gpt"
@@ -91,6 +102,7 @@ class Config:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    dist: DistConfig = dataclasses.field(default_factory=DistConfig)
     log: LogConfig = dataclasses.field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
@@ -138,6 +150,13 @@ def validate(cfg: Config) -> Config:
     _choice("layernorm", m.layernorm, OP_IMPLS)
     _choice("cross_entropy", m.cross_entropy, OP_IMPLS)
     _choice("init_from", t.init_from, INIT_FROM)
+    _choice("strategy", cfg.dist.strategy, STRATEGIES)
+    if cfg.dist.zero_stage is not None:
+        if cfg.dist.zero_stage not in (0, 1, 2, 3):
+            raise GPTError(f"--zero_stage={cfg.dist.zero_stage} is not a ZeRO stage: use 0, 1, 2 or 3.")
+        if cfg.dist.strategy not in ("auto", "deepspeed"):
+            raise GPTError(f"--zero_stage is a DeepSpeed setting but --strategy={cfg.dist.strategy}: "
+                           "drop --zero_stage or use --strategy=deepspeed.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
     return cfg

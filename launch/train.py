@@ -9,13 +9,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from gpt.cli import run_main
+from gpt.cli import debug_requested, run_main
 from gpt.config import load_config
 from gpt.trainer import Trainer
 
 
 def main(argv: list[str]) -> None:
-    Trainer(load_config(argv)).run()
+    Trainer(load_config(argv), debug=debug_requested(sys.argv)).run()
 
 
 if __name__ == "__main__":
