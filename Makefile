@@ -40,3 +40,10 @@ test: data
 
 clean:
 	rm -rf out-*/ shakespeare_output/ .pytest_cache
+
+# On a CUDA machine: our Triton kernels' bf16 correctness tests, then the kernel benchmark (its table
+# comes last); under 8 minutes. Runs the machine's own python (CUDA torch + triton), not the CPU venv.
+PYTHON_GPU ?= python3
+.PHONY: gpu-check
+gpu-check:
+	$(PYTHON_GPU) -m pytest -q -p no:cacheprovider tests/gpu && $(PYTHON_GPU) launch/bench.py kernels

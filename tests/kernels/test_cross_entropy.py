@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from gpt.errors import GPTError
 from kernels.cross_entropy import cross_entropy_forward, linear_cross_entropy_forward
 from tests.kernels.checks import assert_close64
 
@@ -70,3 +71,11 @@ def test_fused_linear_public_op_has_autograd():
     F.cross_entropy((h @ w.t()).view(12, 40), targets.view(12)).backward()
     assert_close64(hidden.grad, h.grad, torch.float32)
     assert_close64(weight.grad, w.grad, torch.float32)
+
+
+def test_a_second_backward_is_refused_not_silently_wrong():
+    logits = torch.randn(4, 10, requires_grad=True)
+    loss = kernels.cross_entropy(logits, torch.randint(0, 10, (4,)), impl="triton")
+    loss.backward(retain_graph=True)
+    with pytest.raises(GPTError, match="backpropagated once"):
+        loss.backward()
