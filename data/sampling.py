@@ -13,6 +13,8 @@ index array of a 100 B-token corpus would be ~800 MB).
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from gpt.errors import GPTError
@@ -20,6 +22,7 @@ from gpt.errors import GPTError
 SAMPLING = ("random", "sequential")
 SEQUENTIAL_STREAM = 2
 _ROUNDS = 4
+CHUNK = 1 << 13  # window positions permuted at once: numpy's per-call cost is paid per chunk, not per batch
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 
 
@@ -64,13 +67,18 @@ class RandomWindows:
         self.total = int(windows.sum())
         self.cum = np.cumsum(windows)
         self.seed, self.split_code = seed, split_code
+        self._last: tuple[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] | None = None
 
     def draw(self, stream: int, step: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, token offset) of the `count` windows of (stream, step)."""
+        last = self._last  # the micro-steps of one step all slice the same draw: make it once
+        if last is not None and last[0] == (stream, step, count):
+            return last[1]
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, self.split_code, stream, step])))
         flat = rng.integers(0, self.total, size=count)
         shard = np.searchsorted(self.cum, flat, side="right")
         before = np.concatenate(([0], self.cum[:-1]))[shard]
+        self._last = ((stream, step, count), (shard, flat - before))
         return shard, flat - before
 
 
@@ -84,6 +92,8 @@ class SequentialWindows:
         self.block_size = block_size
         self.seed, self.split_code = seed, split_code
         self._keys: dict[int, np.ndarray] = {}
+        self._chunks: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()  # the prefetch thread and a direct batch_at() may ask at once
 
     def epoch_keys(self, epoch: int) -> np.ndarray:
         if epoch not in self._keys:
@@ -95,13 +105,24 @@ class SequentialWindows:
 
     def window_ids(self, first: int, count: int) -> np.ndarray:
         """Ids in [0, total) of the windows at positions first ... first+count-1 of the endless epoch sequence."""
-        pos = np.arange(first, first + count, dtype=np.int64)
-        epoch, index = pos // self.total, pos % self.total
-        ids = np.empty(count, dtype=np.int64)
-        for e in np.unique(epoch).tolist():
-            here = epoch == e
-            ids[here] = permute(index[here], self.total, self.epoch_keys(e))
-        return ids
+        with self._lock:
+            c0, c1 = first // CHUNK, (first + count - 1) // CHUNK
+            parts = [self._chunk(c) for c in range(c0, c1 + 1)]
+        ids = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return ids[first - c0 * CHUNK:first - c0 * CHUNK + count]
+
+    def _chunk(self, c: int) -> np.ndarray:
+        if c not in self._chunks:
+            if len(self._chunks) >= 4:
+                self._chunks.pop(next(iter(self._chunks)))
+            pos = np.arange(c * CHUNK, (c + 1) * CHUNK, dtype=np.int64)
+            epoch, index = pos // self.total, pos % self.total
+            ids = np.empty(CHUNK, dtype=np.int64)
+            for e in np.unique(epoch).tolist():
+                here = epoch == e
+                ids[here] = permute(index[here], self.total, self.epoch_keys(e))
+            self._chunks[c] = ids
+        return self._chunks[c]
 
     def locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, token offset) of window ids."""
