@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from gpt.config import ModelConfig
+from gpt.config import ModelConfig, load_config
+from gpt.errors import GPTError
 from gpt.model import GPT
 
 TRITON_OPS = dict(attention="triton", layernorm="triton", cross_entropy="triton")
@@ -71,3 +72,24 @@ def test_the_reference_ops_give_the_loss_the_model_always_computed():
     idx = torch.randint(0, 11, (2, 8))
     logits, loss = model(idx, idx)
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 11).float(), idx.view(-1)))
+
+
+def test_the_gpt_on_triton_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=32, bias=False,
+                            fused_linear_loss=True, **TRITON_OPS))
+    idx = torch.randint(0, 37, (2, 11))
+    _, eager = model(idx, idx)
+    torch._dynamo.reset()
+    _, compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(idx, idx)
+    torch.testing.assert_close(compiled, eager)
+    compiled.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_config_keys_choose_the_ops_and_reject_unknown_ones():
+    cfg = load_config(["--attention=triton", "--layernorm=torch", "--cross_entropy=triton", "--fused_linear_loss=True"])
+    m = cfg.model
+    assert (m.attention, m.layernorm, m.cross_entropy, m.fused_linear_loss) == ("triton", "torch", "triton", True)
+    with pytest.raises(GPTError, match="--layernorm='fast' is not one of auto, triton, torch"):
+        load_config(["--layernorm=fast"])
