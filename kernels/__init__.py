@@ -70,7 +70,7 @@ def use_triton(impl: str, *tensors: torch.Tensor) -> bool:
         raise GPTError("impl='triton' needs the triton package (pip install triton, Linux with a CUDA GPU); "
                        "use impl='auto' or 'torch' to run the torch reference.")
     on_cpu = not any(t.is_cuda for t in tensors)
-    if INTERPRETER and on_cpu or on_cuda and not INTERPRETER:
+    if (INTERPRETER and on_cpu) or (on_cuda and not INTERPRETER):
         return True
     if INTERPRETER:
         raise GPTError("TRITON_INTERPRET=1 runs our kernels on CPU tensors only: move the tensors to the CPU, "
