@@ -26,10 +26,12 @@ def saved_client_state(out_dir: str | Path) -> dict[str, Any]:
 
 def _latest_states(out_dir: Path) -> tuple[str, dict[str, Any]]:
     tag = (out_dir / "latest").read_text().strip()
-    states_path = out_dir / tag / "mp_rank_00_model_states.pt"
-    if not states_path.is_file():
-        raise GPTError(f"{out_dir}/latest names checkpoint {tag!r}, but {states_path} is missing: "
-                       "the DeepSpeed checkpoint is incomplete.")
+    # ZeRO-3 names the rank-0 file after its partition; the other stages keep one whole-model file
+    candidates = [out_dir / tag / "mp_rank_00_model_states.pt", out_dir / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    states_path = next((p for p in candidates if p.is_file()), None)
+    if states_path is None:
+        raise GPTError(f"{out_dir}/latest names checkpoint {tag!r}, but {candidates[0].name} is missing from "
+                       f"{out_dir / tag}: the DeepSpeed checkpoint is incomplete.")
     try:
         # DeepSpeed pickles its own objects into this file: it is our run's output, not foreign input
         states = torch.load(states_path, map_location="cpu", weights_only=False)
