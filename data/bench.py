@@ -40,7 +40,7 @@ class LoaderBenchConfig:
     batch_size: int = 16
     block_size: int = 1024
     ranks: int = 8                   # simulated data-parallel ranks, all in one process
-    shard_tokens: int = 25_000_000   # 50 MB shards: 8 GB = 160 shards, more than the reader keeps open (64)
+    shard_tokens: int = 25_000_000   # 50 MB shards: 8 GB = 160 shards
     prefetch: int = 4
     tmp_dir: str = tempfile.gettempdir()
 

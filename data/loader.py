@@ -116,7 +116,11 @@ class BatchLoader:
         else:
             if self._prefetcher is None or self._prefetcher.next_index != k:
                 self._restart_prefetch(k)
-            batch = self._prefetcher.get()
+            try:
+                batch = self._prefetcher.get()
+            except BaseException:  # a failed batch (or an interrupt) ends this thread; a retry starts afresh
+                self.close()
+                raise
         self.micro += 1
         if self.micro == self.local_micro:
             self.step, self.micro = self.step + 1, 0

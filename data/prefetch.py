@@ -30,7 +30,6 @@ class Prefetcher:
         index, item, error = self._queue.get()
         assert index == self.next_index, (index, self.next_index)
         if error is not None:
-            self.close()
             raise error
         self.next_index += 1
         return item

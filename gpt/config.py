@@ -47,6 +47,8 @@ class DataConfig:
     dataset: str = "shakespeare_char"
     data_dir: str = "data"
     batch_size: int = 12
+    sampling: str = "random"  # random windows (nanoGPT) | sequential: each epoch every window once, seeded order
+    data_format: str = "auto"  # auto | shards (data/prepare.py) | llmc (llm.c, modded-nanogpt) | nanogpt (train.bin)
 
 
 @dataclasses.dataclass
@@ -159,6 +161,8 @@ def validate(cfg: Config) -> Config:
                            "drop --zero_stage or use --strategy=deepspeed.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
+    _choice("sampling", d.sampling, ("random", "sequential"))
+    _choice("data_format", d.data_format, ("auto", "shards", "llmc", "nanogpt"))
     return cfg
 
 

@@ -57,7 +57,7 @@ class Trainer:
         self.device = rank_device(resolve_device(t.device), self.denv)
         self.dtype = resolve_dtype(t.dtype, self.device)
         enable_fast_matmul(self.device)
-        self.dataset = open_dataset(cfg.data.data_dir, cfg.data.dataset)
+        self.dataset = open_dataset(cfg.data.data_dir, cfg.data.dataset, cfg.data.data_format)
         if cfg.model.vocab_size is None:
             cfg.model.vocab_size = self.dataset.vocab_size
         elif cfg.model.vocab_size < self.dataset.vocab_size:
@@ -78,7 +78,8 @@ class Trainer:
         self.strategy.wrap(model, optimizer, compile=t.compile)
         seed_everything(t.seed + 1 + self.denv.rank)
         self.loader = BatchLoader(self.dataset, cfg.model.block_size, cfg.data.batch_size,
-                                  t.gradient_accumulation_steps, t.seed, self.denv.rank, self.denv.world_size)
+                                  t.gradient_accumulation_steps, t.seed, self.denv.rank, self.denv.world_size,
+                                  sampling=cfg.data.sampling)
         self.iter_num = 0
         self.best_val_loss = math.inf
         self.wandb_id: Optional[str] = None

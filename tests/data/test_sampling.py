@@ -1,4 +1,5 @@
 """Sequential sampling, prefetching and lazy maps: every window once per epoch, whatever the world size."""
+import dataclasses
 import gc
 import threading
 import time
@@ -134,3 +135,14 @@ def test_a_dropped_loader_stops_its_thread(counted):
     while sum(t.name == "batch-prefetch" for t in threading.enumerate()) > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sum(t.name == "batch-prefetch" for t in threading.enumerate()) == before
+
+
+def test_an_error_in_the_prefetch_thread_reaches_the_caller_and_a_retry_works(counted):
+    ld = BatchLoader(open_dataset(counted, "c"), BLOCK, 2, 1, seed=0)
+    good = ld.train.reader.files
+    ld.train.reader.files = [dataclasses.replace(f, path=f.path.with_name("gone.bin")) for f in good]
+    with pytest.raises(GPTError, match="cannot memory-map shard .*gone.bin"):
+        ld.next_batch()
+    ld.train.reader.files = good
+    x, _ = ld.next_batch()
+    assert torch.equal(x, BatchLoader(open_dataset(counted, "c"), BLOCK, 2, 1, seed=0).batch_at(0, 0)[0])
