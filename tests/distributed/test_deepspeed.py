@@ -45,6 +45,10 @@ def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, singl
                          "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:")
     assert sampled.returncode == 0, sampled.stderr[-2000:]
     assert "sample 1/1" in sampled.stdout
+    exported = run_script("launch/export_checkpoint.py", f"--out_dir={tmp_path}", f"--output_dir={tmp_path / 'plain'}")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    plain = load_checkpoint(tmp_path / "plain")
+    assert plain["iter_num"] == 10 and torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(tmp_path)["model"]["lm_head.weight"])
 
 
 def test_zero2_saves_and_resumes_with_the_same_losses(tiny_data, single_run, tmp_path):
