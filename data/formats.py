@@ -26,8 +26,8 @@ FORMATS = ("auto", "shards", "llmc", "nanogpt")
 
 def detect_format(root: Path) -> str | None:
     """Which format the folder holds, or None when it holds no dataset."""
-    if (root / "meta.json").is_file():
-        return "shards"
+    if (root / "meta.json").is_file() or any(root.glob("train_[0-9]*.bin")):
+        return "shards"  # our shard names without meta.json: say that meta.json is missing
     if (root / "train.bin").is_file() and (root / "val.bin").is_file():
         return "llmc" if _has_llmc_header(root / "train.bin") else "nanogpt"
     if any(root.glob("*train*.bin")):

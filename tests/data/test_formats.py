@@ -124,3 +124,11 @@ def test_header_count_that_disagrees_with_the_file_size_is_named(tmp_path):
     with pytest.raises(GPTError, match=r"train_000000.bin is truncated or corrupt: its header promises 50 tokens"):
         open_shard(path)
     assert HEADER_BYTES == 1024
+
+
+def test_our_shards_without_meta_json_ask_for_it(tmp_path):
+    root = tmp_path / "half"
+    root.mkdir()
+    write_shard(root / "train_000000.bin", np.arange(10), vocab_size=10)
+    with pytest.raises(GPTError, match=r"half/meta.json does not exist"):
+        open_dataset(tmp_path, "half")
