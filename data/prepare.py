@@ -62,6 +62,9 @@ def validate(cfg: PrepareConfig) -> PrepareConfig:
                        "(the header stores the count as an int32).")
     if cfg.tokenizer not in TOKENIZERS:
         raise GPTError(f"--tokenizer={cfg.tokenizer!r} is not one of {', '.join(TOKENIZERS)}.")
+    if cfg.tokenizer == "bpe" and cfg.vocab_size is not None and cfg.vocab_size < 257:
+        raise GPTError(f"--vocab_size={cfg.vocab_size} is too small for a byte-level BPE: it needs at least 257 "
+                       "(256 bytes and the end-of-text token).")
     if cfg.vocab_size is not None and cfg.tokenizer != "bpe":
         raise GPTError(f"--vocab_size is for --tokenizer=bpe; the {cfg.tokenizer} tokenizer's vocabulary is fixed "
                        "by its definition. Leave --vocab_size unset.")
@@ -124,12 +127,13 @@ def prepare(cfg: PrepareConfig) -> Path:
     validate(cfg)
     corpus, source = open_corpus(cfg)
     workers = cfg.workers or (1 if corpus.total_bytes < SMALL_CORPUS_BYTES else os.cpu_count() or 1)
+    tokenizer = build_tokenizer(cfg, corpus, workers)  # before touching the output: it can fail (offline gpt2)
     out = Path(cfg.data_dir) / cfg.dataset
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("train_*.bin*"), *out.glob("val_*.bin*"), *out.glob("tokenizer.json")]:
-        stale.unlink()
-
-    tokenizer = build_tokenizer(cfg, corpus, workers)
+    # meta.json goes first: a run stopped half-way then leaves "not prepared", never a meta.json over half its shards
+    for pattern in ("meta.json", "train_*.bin*", "val_*.bin*", "tokenizer.json"):
+        for stale in out.glob(pattern):
+            stale.unlink()
     train = SplitWriter(out, "train", tokenizer.vocab_size, cfg.shard_tokens)
     progress = Progress(f"{cfg.dataset}: tokenizing ({cfg.tokenizer}, {workers} worker(s))", corpus.total_bytes)
     for ids in ordered_map(encode_group, _work(corpus), workers, tokenizer.to_meta()):

@@ -1,17 +1,19 @@
 """Copy token windows out of a split's shards through lazy memory maps that leave nothing resident.
 
 A shard is mapped the first time a window is read from it, so a job over 1,000
-shards opens none at start, and at most `max_open` maps are held (the least
-recently used are dropped). A map costs address space, not memory, once its
-pages are handed back, so the default keeps up to 1,024: re-mapping a shard per
-window (with 160 shards and 64 maps, random sampling did) costs more than the copy. A file page that a process has touched through a
+shards opens none at start. A file page that a process has touched through a
 map counts in its resident memory until it is unmapped, and one read maps far
 more than the 2 KB window: the pages around it (fault-around) or, on recent
-kernels, the whole large page-cache folio, up to 2 MB (measured here: ~1.7 MB
-per window on Linux 6.18 for a freshly written shard). So after copying a
-window out, the reader hands its 2 MB-aligned region back (MADV_DONTNEED):
-resident memory stays flat whatever the corpus size. The pages stay in the
-page cache, so mapping them again costs a minor fault, not disk I/O.
+kernels, the whole large page-cache folio, up to 2 MB (measured: ~1.7 MB per
+window on Linux 6.18 for a freshly written shard). So after copying a window
+out, the reader hands its 2 MB-aligned region back (MADV_DONTNEED): resident
+memory stays flat whatever the corpus size. The pages stay in the page cache,
+so mapping them again costs a minor fault, not disk I/O.
+
+Once its pages are handed back a map costs address space, not memory, so up to
+`max_open` = 1,024 stay open (least recently used dropped beyond that): with 64,
+random sampling over 160 shards re-mapped a shard for most windows, which cost
+more than the copy.
 """
 from __future__ import annotations
 

@@ -112,3 +112,15 @@ def test_bpe_shards_are_identical_across_reruns_and_worker_processes(tmp_path):
         outputs.append({p.name: p.read_bytes() for p in sorted((root / "b").iterdir())})
     assert set(outputs[0]) == {"meta.json", "tokenizer.json", "train_000000.bin", "val_000000.bin"}
     assert outputs[0] == outputs[1]
+
+
+def test_a_gpt2_prepare_that_cannot_load_the_encoding_leaves_the_old_dataset_alone(tmp_path, monkeypatch):
+    write_docs(tmp_path / "docs")
+    prepare(PrepareConfig(dataset="x", input=str(tmp_path / "docs"), data_dir=str(tmp_path), workers=1))
+
+    def offline():
+        raise GPTError("offline")
+    monkeypatch.setattr(data.subword, "load_gpt2_encoding", offline)
+    with pytest.raises(GPTError, match="offline"):
+        prepare(PrepareConfig(dataset="x", input=str(tmp_path / "docs"), data_dir=str(tmp_path), tokenizer="gpt2"))
+    assert open_dataset(tmp_path, "x").meta["tokenizer"]["kind"] == "char"
