@@ -14,6 +14,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from data.dataset import Dataset, prepare_command
@@ -48,7 +49,7 @@ class WindowSampler:
         """Non-overlapping windows in the split (sequential sampling), else None."""
         return self.sequential.total if self.sequential else None
 
-    def gather(self, shard, offset) -> torch.Tensor:
+    def gather(self, shard: np.ndarray, offset: np.ndarray) -> torch.Tensor:
         """The windows' tokens: (count, block_size + 1) int64."""
         return torch.from_numpy(self.reader.windows(shard, offset, self.block_size + 1))
 
