@@ -1,6 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
-A checkpoint is one `torch.save` file (`<out_dir>/ckpt.pt`) holding the model,
+A checkpoint is one `torch.save` file (`<out_dir>/ckpt-NNNNNNN.pt`, also named
+`ckpt.pt` when it is the latest and `best.pt` when it has the best val loss) holding the model,
 optimizer and GradScaler states, the iteration, the best validation loss, every
 RNG stream, the loader position, the resolved config and the tokenizer. It is
 written to a temporary name, fsynced and renamed over the old one, so a crash
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from gpt.model import GPT
 FORMAT = "gpt-checkpoint"
 VERSION = 1
 FILENAME = "ckpt.pt"
+BEST_FILENAME = "best.pt"
+HISTORY_PREFIX = "ckpt-"
 REQUIRED = ("model", "model_config", "iter_num", "config", "tokenizer")
 
 
@@ -30,23 +34,48 @@ def checkpoint_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / FILENAME
 
 
-def save_checkpoint(state: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write `state` to <out_dir>/ckpt.pt atomically; returns the path."""
-    path = checkpoint_path(out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def save_checkpoint(state: dict[str, Any], out_dir: str | Path, keep_last: int = 1, best: bool = False) -> Path:
+    """Write `state` as <out_dir>/ckpt-NNNNNNN.pt and point ckpt.pt (and best.pt if `best`) at it.
+
+    Each file is written to a temporary name, fsynced and renamed; ckpt.pt and best.pt
+    are hard links swapped in by rename, so at every instant they name a complete
+    checkpoint. Only the `keep_last` newest ckpt-*.pt names are kept (best.pt keeps its
+    data alive on its own). Returns the path of ckpt.pt.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".ckpt*.tmp-*"):  # left by a run killed mid-write
+        stale.unlink(missing_ok=True)
+    final = out / f"{HISTORY_PREFIX}{int(state.get('iter_num', 0)):07d}.pt"
+    tmp = out / f".{final.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **state}, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, final)
+        _point(out / FILENAME, final)
+        if best:
+            _point(out / BEST_FILENAME, final)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise GPTError(f"could not write checkpoint {path}: {err.strerror or err}. "
-                       "The previous checkpoint, if any, is untouched; free space or fix permissions and resume.") from None
-    _fsync_dir(path.parent)
-    return path
+        raise GPTError(f"could not write checkpoint {final}: {err.strerror or err}. "
+                       "The previous checkpoint is untouched; free space or fix permissions and resume.") from None
+    _fsync_dir(out)
+    for old in sorted(out.glob(f"{HISTORY_PREFIX}*.pt"))[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return out / FILENAME
+
+
+def _point(name: Path, target: Path) -> None:
+    """Make `name` another name for `target`, replacing any old one atomically."""
+    tmp = name.with_name(f".{name.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+    except OSError:  # a filesystem without hard links: copy (still renamed into place)
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, name)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -21,7 +21,7 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION = ("auto", "triton", "sdpa", "math")
 OP_IMPLS = ("auto", "triton", "torch")  # layernorm, cross_entropy: see kernels/__init__.py
-INIT_FROM = ("scratch", "resume")
+INIT_FROM = ("scratch", "resume", "auto")
 STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 
 
@@ -73,7 +73,10 @@ class TrainConfig:
     eval_only: bool = False
     log_interval: int = 1
     always_save_checkpoint: bool = True
-    init_from: str = "scratch"
+    init_from: str = "scratch"  # scratch | resume | auto (resume when a checkpoint exists)
+    keep_last: int = 1  # checkpoints kept besides the best (best.pt)
+    time_limit: str = ""  # e.g. 2h, 90m, 1h30m, 3600 (seconds): save and exit 0 before it runs out
+    max_bad_steps: int = 10  # consecutive non-finite steps tolerated (each one skipped) before stopping
     gradient_accumulation_steps: int = 1
     seed: int = 1337
     device: str = "auto"
@@ -152,6 +155,11 @@ def validate(cfg: Config) -> Config:
     _choice("layernorm", m.layernorm, OP_IMPLS)
     _choice("cross_entropy", m.cross_entropy, OP_IMPLS)
     _choice("init_from", t.init_from, INIT_FROM)
+    if t.keep_last < 1:
+        raise GPTError(f"--keep_last={t.keep_last} must be at least 1 (the latest checkpoint is always kept).")
+    if t.max_bad_steps < 1:
+        raise GPTError(f"--max_bad_steps={t.max_bad_steps} must be at least 1.")
+    parse_duration(t.time_limit)
     _choice("strategy", cfg.dist.strategy, STRATEGIES)
     if cfg.dist.zero_stage is not None:
         if cfg.dist.zero_stage not in (0, 1, 2, 3):
@@ -164,6 +172,24 @@ def validate(cfg: Config) -> Config:
     _choice("sampling", d.sampling, ("random", "sequential"))
     _choice("data_format", d.data_format, ("auto", "shards", "llmc", "nanogpt"))
     return cfg
+
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_duration(text: str) -> float | None:
+    """'2h', '90m', '1h30m', '45s' or plain seconds -> seconds; '' -> None (no limit)."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    match = _DURATION.match(text)
+    if not match or not any(match.groups()):
+        raise GPTError(f"--time_limit={text!r} is not a duration: write e.g. 2h, 90m, 1h30m or 3600 (seconds).")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total <= 0:
+        raise GPTError(f"--time_limit={text!r} must be longer than zero.")
+    return total
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -22,13 +23,15 @@ import yaml
 
 from data.dataset import open_dataset
 from data.loader import BatchLoader
-from gpt.config import Config
+from gpt.config import Config, parse_duration
 from gpt.distributed import init_process_group, rank_device, read_env, shutdown
 from gpt.errors import GPTError
 from gpt.metrics import MetricsLogger
+from gpt.resume import rewind_metrics
 from gpt.model import GPT
 from gpt.optim import build_optimizer, lr_at
 from gpt.runtime import enable_fast_matmul, resolve_device, resolve_dtype, rng_state, seed_everything, set_rng_state
+from gpt.stop import StopRequest
 from gpt.strategy import build_strategy, choose_strategy
 
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size")
@@ -68,9 +71,7 @@ class Trainer:
 
         init_process_group(self.denv, self.device, always=choose_strategy(cfg, self.denv) == "ddp")
         self.strategy = build_strategy(cfg, self.denv, self.device, self.dtype, debug=debug)
-        if t.init_from == "resume" and not self.strategy.has_checkpoint(self.out_dir):
-            raise GPTError(f"no checkpoint at {self.out_dir / 'ckpt.pt'} to resume from. Train first, or start "
-                           "fresh with --init_from=scratch.")
+        self.resuming = self._should_resume()
         # every rank builds the same initial weights; dropout then draws from a per-rank stream
         seed_everything(t.seed)
         model = GPT(cfg.model).to(self.device)
@@ -84,8 +85,22 @@ class Trainer:
         self.best_val_loss = math.inf
         self.wandb_id: Optional[str] = None
         self.metrics: Optional[MetricsLogger] = None
-        if t.init_from == "resume":
+        if self.resuming:
             self._restore()
+
+    def _should_resume(self) -> bool:
+        """resume: a checkpoint must exist; auto: use one if it exists; scratch: never — except when
+        torchrun restarts a failed job (--max-restarts), which must pick up where it died."""
+        t = self.cfg.train
+        exists = self.strategy.has_checkpoint(self.out_dir)
+        if t.init_from == "resume" and not exists:
+            raise GPTError(f"no checkpoint at {self.out_dir / 'ckpt.pt'} to resume from. Train first, or use "
+                           "--init_from=auto (resume when there is one) or --init_from=scratch.")
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+        if t.init_from == "scratch" and restarted and exists:
+            self._print(f"torchrun restarted this job: resuming from {self.out_dir}")
+            return True
+        return t.init_from == "resume" or (t.init_from == "auto" and exists)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _check_resumable(self, saved: dict[str, Any]) -> None:
@@ -109,6 +124,8 @@ class Trainer:
             seed_everything(self.cfg.train.seed + 1 + self.denv.rank + 1_000_003 * int(state["iter_num"]))
         self.iter_num = int(state["iter_num"])
         self.best_val_loss = float(state["best_val_loss"])
+        if self.is_main:  # lines a killed run wrote after this checkpoint are about to be written again
+            rewind_metrics(self.out_dir / "metrics.jsonl", self.iter_num)
         self.wandb_id = state.get("wandb_id")
         self._print(f"resuming from {self.out_dir} at iter {self.iter_num} "
                     f"(saved by {state.get('world_size', 1)} rank(s), now {self.denv.world_size})")
@@ -129,8 +146,8 @@ class Trainer:
             "strategy": self.strategy.name,
         }
 
-    def save(self) -> Path:
-        path = self.strategy.save(self._trainer_state(), self.out_dir)
+    def save(self, best: bool = False) -> Path:
+        path = self.strategy.save(self._trainer_state(), self.out_dir, keep_last=self.cfg.train.keep_last, best=best)
         self._print(f"saving checkpoint to {path}")
         return path
 
@@ -177,7 +194,7 @@ class Trainer:
                 loss = self._loss(x, y)
                 self.strategy.backward(loss)
             total += loss.detach().float()
-        self.strategy.step()
+        self.last_step_ok = self.strategy.step()
         self.iter_num += 1
         return total / local
 
@@ -210,7 +227,7 @@ class Trainer:
 
     def _run(self) -> RunSummary:
         t = self.cfg.train
-        resumed_at = self.iter_num if t.init_from == "resume" else None
+        resumed_at = self.iter_num if self.resuming else None
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
@@ -218,10 +235,16 @@ class Trainer:
                                          wandb_log=self.cfg.log.wandb_log, wandb_project=self.cfg.log.wandb_project,
                                          wandb_run_name=self.cfg.log.wandb_run_name, wandb_id=self.wandb_id)
         self.describe()
+        with StopRequest(parse_duration(t.time_limit)) as stop:
+            return self._loop(t, stop, resumed_at)
+
+    def _loop(self, t: Any, stop: StopRequest, resumed_at: Optional[int]) -> RunSummary:
+        """Eval/save cadence and steps until max_iters, a stop request or the time limit."""
         start = tick = time.perf_counter()
         saved_at: Optional[int] = resumed_at
         saved_path: Optional[Path] = self.out_dir if resumed_at is not None else None
         last_val = math.nan
+        bad_steps, save_s = 0, 0.0
         while True:
             it = self.iter_num
             if (it % t.eval_interval == 0 or it >= t.max_iters) and it != resumed_at:
@@ -232,21 +255,38 @@ class Trainer:
                 improved = losses["val"] < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, losses["val"])
                 if it > 0 and not t.eval_only and (improved or t.always_save_checkpoint):
-                    saved_path, saved_at = self.save(), it
+                    t0 = time.perf_counter()
+                    saved_path, saved_at = self.save(best=improved), it
+                    save_s = time.perf_counter() - t0
                 tick = time.perf_counter()  # dt_ms measures training iterations, not evals
             if it >= t.max_iters or t.eval_only:
                 break
             loss = self.train_step()
             now = time.perf_counter()
             dt, tick = now - tick, now
+            if not self.last_step_ok:
+                bad_steps += 1
+                self._print(f"iter {it}: non-finite gradients (loss {self.strategy.reduce_mean(loss):.4g}), "
+                            f"step skipped ({bad_steps} in a row, at most {t.max_bad_steps})")
+                if bad_steps >= t.max_bad_steps:
+                    raise GPTError(f"{bad_steps} steps in a row had NaN/Inf gradients; stopping. The last checkpoint "
+                                   f"in {self.out_dir} holds finite weights: resume from it with a lower "
+                                   "--learning_rate, a smaller --grad_clip, or check the data.")
+            else:
+                bad_steps = 0
             if it % t.log_interval == 0:
                 mean_loss = self.strategy.reduce_mean(loss)  # the global batch's loss, not just this rank's
                 if self.metrics:
                     self.metrics.train(it, mean_loss, lr_at(it, self.cfg.optim), dt * 1000.0, self.tokens_per_iter / dt)
+            if self.strategy.any_rank(stop.reason is not None or stop.out_of_time(dt, save_s)):
+                self._print(f"stopping at iter {self.iter_num} ({stop.reason or 'another rank was told to stop'})")
+                break
         if not t.eval_only and saved_at != self.iter_num:
             saved_path, saved_at = self.save(), self.iter_num
         wall = time.perf_counter() - start
         summary = RunSummary(self.iter_num, self.best_val_loss, last_val, wall, saved_path)
         self._print(f"done: {summary.iters} iters in {wall:.1f}s, best val loss {summary.best_val_loss:.4f}"
                     + (f", checkpoint in {summary.checkpoint}" if summary.checkpoint else ""))
+        if summary.iters < t.max_iters and not t.eval_only:
+            self._print(f"stopped early: continue with the same command plus --init_from=resume (or auto)")
         return summary

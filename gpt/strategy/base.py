@@ -55,13 +55,16 @@ class Strategy(abc.ABC):
         """Backpropagate one micro-batch's mean loss."""
 
     @abc.abstractmethod
-    def step(self) -> None:
-        """Clip, update the weights, clear the gradients."""
+    def step(self) -> bool:
+        """Clip, update the weights, clear the gradients; False when the step was skipped as non-finite."""
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @abc.abstractmethod
-    def save(self, trainer_state: dict[str, Any], out_dir: Path) -> Path:
-        """Write model + optimizer + `trainer_state` (collective: every rank calls it)."""
+    def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
+        """Write model + optimizer + `trainer_state` (collective: every rank calls it).
+
+        Keeps the `keep_last` newest checkpoints, plus the best one when `best` marks it.
+        """
 
     @abc.abstractmethod
     def load(self, out_dir: Path, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -79,6 +82,12 @@ class Strategy(abc.ABC):
         """The mean over ranks of a per-rank number (collective)."""
         t = torch.as_tensor(value, dtype=torch.float64, device=self.device).reshape(1).clone()
         return all_reduce_sum(t).item() / self.denv.world_size
+
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on at least one (collective)."""
+        if self.denv.world_size == 1:
+            return flag
+        return self.reduce_mean(1.0 if flag else 0.0) > 0.0
 
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's object, in rank order (collective)."""

@@ -75,13 +75,19 @@ class DeepSpeedStrategy(Strategy):
     def backward(self, loss: torch.Tensor) -> None:
         if self.engine.is_gradient_accumulation_boundary() != self._last:
             raise RuntimeError("DeepSpeed's accumulation counter and the trainer's micro-steps disagree")
+        if self.dtype != torch.float16 and not bool(torch.isfinite(loss.detach())):
+            # the engine would apply it (only its fp16 loss scaler skips overflowing steps): stop first
+            raise GPTError("the loss became NaN/Inf under DeepSpeed, which cannot skip a step outside fp16 loss "
+                           "scaling. The last checkpoint is intact: resume from it with a lower --learning_rate "
+                           "or a stricter --grad_clip.")
         self.engine.backward(loss)
         self.engine.step()
 
-    def step(self) -> None:
+    def step(self) -> bool:
         """Nothing left to do: the engine stepped (with clipping) inside the last micro-step's backward."""
+        return True
 
-    def save(self, trainer_state: dict[str, Any], out_dir: Path) -> Path:
+    def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
         """Every rank writes its shard under <out_dir>/iter_NNNNNNN; `latest` moves only once all are written."""
         tag = f"{TAG_PREFIX}{trainer_state['iter_num']:07d}"
         client = {**trainer_state, "zero_stage": self.zero_stage}
@@ -91,9 +97,14 @@ class DeepSpeedStrategy(Strategy):
             raise GPTError(f"could not write the DeepSpeed checkpoint {out_dir}/{tag}: {err.strerror or err}. "
                            "The previous checkpoint is untouched.") from None
         barrier()
-        if self.denv.is_main:  # the older tags are superseded now that `latest` names the new one
-            for old in Path(out_dir).glob(f"{TAG_PREFIX}*"):
-                if old.is_dir() and old.name != tag:
+        if self.denv.is_main:  # older tags beyond keep_last are superseded now that `latest` names the new one
+            best_file = Path(out_dir) / "best"
+            if best:
+                best_file.write_text(tag)
+            keep = best_file.read_text().strip() if best_file.is_file() else None
+            tags = sorted(p for p in Path(out_dir).glob(f"{TAG_PREFIX}*") if p.is_dir())
+            for old in tags[:-keep_last]:
+                if old.name != keep:
                     shutil.rmtree(old, ignore_errors=True)
         return Path(out_dir) / tag
 

@@ -27,20 +27,32 @@ class SingleStrategy(Strategy):
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.local_accum).backward()
 
-    def step(self) -> None:
+    def step(self) -> bool:
+        """Clip and step, unless the gradients hold a NaN or Inf: then drop them and report False.
+
+        Under DDP the gradients are already all-reduced here, so every rank makes the same
+        call. With fp16 the GradScaler owns overflow handling (it skips and lowers its scale).
+        """
+        self.scaler.unscale_(self.optimizer)
+        params = self.raw_model.parameters()
         if self.grad_clip > 0.0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))
+        if finite:
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        return finite
 
-    def save(self, trainer_state: dict[str, Any], out_dir: Path) -> Path:
+    def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
         """Rank 0 writes ckpt.pt atomically; the others wait so nobody runs ahead of a half-written file."""
         path = checkpoint_path(out_dir)
         if self.denv.is_main:
             save_checkpoint({**trainer_state, "model": self.raw_model.state_dict(),
-                             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}, out_dir)
+                             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()},
+                            out_dir, keep_last=keep_last, best=best)
         barrier()
         return path
 

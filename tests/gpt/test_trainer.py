@@ -105,4 +105,4 @@ def test_failed_save_leaves_the_previous_checkpoint(tiny_data, tmp_path, monkeyp
     with pytest.raises(GPTError, match="No space left on device"):
         save_checkpoint({"model": {}}, tmp_path)
     assert (tmp_path / "ckpt.pt").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == ["ckpt.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == ["ckpt-0000002.pt", "ckpt.pt"]
