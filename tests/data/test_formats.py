@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 
 from data.dataset import open_dataset
 from data.loader import BatchLoader
