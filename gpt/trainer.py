@@ -27,6 +27,7 @@ from gpt.config import Config, parse_duration
 from gpt.distributed import init_process_group, rank_device, read_env, shutdown
 from gpt.errors import GPTError
 from gpt.metrics import MetricsLogger
+from gpt.mfu import MFU
 from gpt.resume import rewind_metrics
 from gpt.model import GPT
 from gpt.optim import build_optimizer, lr_at
@@ -231,10 +232,14 @@ class Trainer:
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-            self.metrics = MetricsLogger(self.out_dir, self.cfg.to_dict(), resume=resumed_at is not None,
+            self.metrics = MetricsLogger(self.out_dir, self.cfg.to_dict(), resumed_at=resumed_at,
                                          wandb_log=self.cfg.log.wandb_log, wandb_project=self.cfg.log.wandb_project,
-                                         wandb_run_name=self.cfg.log.wandb_run_name, wandb_id=self.wandb_id)
+                                         wandb_run_name=self.cfg.log.wandb_run_name, wandb_id=self.wandb_id,
+                                         max_iters=t.max_iters, tokens_per_iter=self.tokens_per_iter, device=self.device,
+                                         mfu=MFU.for_run(self.cfg.model, self.device, self.dtype, self.denv.world_size))
         self.describe()
+        if t.compile:
+            self._print("compiling the model with torch.compile (the first eval and the first step are slow)...")
         with StopRequest(parse_duration(t.time_limit)) as stop:
             return self._loop(t, stop, resumed_at)
 
@@ -289,4 +294,6 @@ class Trainer:
                     + (f", checkpoint in {summary.checkpoint}" if summary.checkpoint else ""))
         if summary.iters < t.max_iters and not t.eval_only:
             self._print(f"stopped early: continue with the same command plus --init_from=resume (or auto)")
+        if self.metrics:
+            self.metrics.finish(summary.iters, wall, saved_path)
         return summary
