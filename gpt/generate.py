@@ -1,7 +1,7 @@
 """Autoregressive sampling with a KV cache: temperature, top-k, top-p (nucleus), greedy."""
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 
@@ -63,3 +63,21 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, **kwargs) -> to
     """The prompt followed by max_new_tokens sampled ids, (B, T + max_new_tokens)."""
     new = list(generate_stream(model, idx, max_new_tokens, **kwargs))
     return torch.cat([idx] + new, dim=1) if new else idx
+
+
+def decode_stream(ids: Iterable[int], decode: Callable[[list[int]], str]) -> Iterator[str]:
+    """Text pieces for ids as they arrive; joined, they equal `decode` of all the ids.
+
+    A byte-level tokenizer can split one character over several tokens, and decoding a part
+    of it gives U+FFFD: such pieces are held back until the character is complete (or the ids
+    end). Decoding restarts after each piece given out, which is clean at a character boundary.
+    """
+    pending: list[int] = []
+    for i in ids:
+        pending.append(i)
+        piece = decode(pending)
+        if not piece.endswith("\ufffd"):
+            yield piece
+            pending = []
+    if pending:
+        yield decode(pending)

@@ -4,11 +4,15 @@
         --max_new_tokens=500 --temperature=0.8 --top_k=200
 
 `--start=FILE:prompt.txt` reads the prompt from a file. Samples are printed under
-numbered separators and written to --output_dir, one file per sample.
+numbered separators (token by token with `--stream`) and written to --output_dir, one
+file per sample, with index.json saying how they were made: checkpoint and its
+iteration, prompt, settings and seed, so a sample can be told apart and reproduced.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,7 +27,7 @@ from gpt.cli import run_main
 from gpt.config import DEVICE_PATTERN, DTYPES
 from gpt.errors import GPTError
 from gpt.flags import build_config, help_text, split_argv
-from gpt.generate import generate
+from gpt.generate import decode_stream, generate, generate_stream
 from gpt.runtime import autocast, resolve_device, resolve_dtype
 
 USAGE = "usage: python launch/sample.py --out_dir=DIR [--start=TEXT|FILE:path] [--key=value ...]"
@@ -43,6 +47,7 @@ class SampleConfig:
     dtype: str = "auto"
     output_dir: str = "shakespeare_output"
     use_kv_cache: bool = True
+    stream: bool = False  # print tokens as they are generated; the same text as without it
 
 
 def validate(cfg: SampleConfig) -> SampleConfig:
@@ -91,15 +96,46 @@ def main(argv: list[str]) -> None:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
+                  use_cache=cfg.use_kv_cache)
+    files = []
     for i in range(1, cfg.num_samples + 1):
+        print(f"---------- sample {i}/{cfg.num_samples} ----------", flush=True)
         with autocast(device, dtype):
-            y = generate(model, ids, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                         top_p=cfg.top_p, generator=generator, use_cache=cfg.use_kv_cache)
-        text = tokenizer.decode(y[0].tolist())
-        print(f"---------- sample {i}/{cfg.num_samples} ----------")
-        print(text)
-        (out / f"sample_{i:03d}.txt").write_text(text, encoding="utf-8")
-    print(f"---------- {cfg.num_samples} sample(s) written to {out}/ (from {cfg.out_dir}, iter {ckpt['iter_num']})")
+            if cfg.stream:
+                text = stream_sample(model, ids, cfg.max_new_tokens, tokenizer.decode, kwargs)
+            else:
+                text = tokenizer.decode(generate(model, ids, cfg.max_new_tokens, **kwargs)[0].tolist())
+                print(text)
+        files.append(f"sample_{i:03d}.txt")
+        (out / files[-1]).write_text(text, encoding="utf-8")
+    write_index(out, cfg, prompt, ckpt["iter_num"], files)
+    print(f"---------- {cfg.num_samples} sample(s) written to {out}/ with index.json "
+          f"(from {cfg.out_dir}, iter {ckpt['iter_num']})")
+
+
+def stream_sample(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, decode, kwargs: dict) -> str:
+    """Print the prompt, then each piece of text as soon as its tokens exist; return the whole sample's text."""
+    prompt_ids = ids[0].tolist()
+    new_ids = (int(t) for t in generate_stream(model, ids, max_new_tokens, **kwargs))
+    pieces = [decode(prompt_ids)]
+    print(pieces[0], end="", flush=True)
+    for piece in decode_stream(new_ids, decode):
+        pieces.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    return "".join(pieces)
+
+
+def write_index(out: Path, cfg: SampleConfig, prompt: str, ckpt_iter: int, files: list[str]) -> Path:
+    """out/index.json: which checkpoint, prompt, settings and seed made the sample files listed in it."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "start", "output_dir", "seed")}
+    index = {"checkpoint": str(Path(cfg.out_dir).resolve()), "checkpoint_iter": ckpt_iter, "prompt": prompt,
+             "start": cfg.start, "seed": cfg.seed, "settings": settings, "samples": files,
+             "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    path = out / "index.json"
+    path.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 import torch
 
 from gpt.config import ModelConfig
-from gpt.generate import filter_logits, generate
+from gpt.generate import decode_stream, filter_logits, generate
 from gpt.model import GPT
 
 
@@ -53,3 +53,14 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[False, True, True, False]]
     assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[False, True, True, True]]
     assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def test_streamed_text_holds_back_split_characters_and_equals_the_whole_decode():
+    # a byte-level tokenizer: one id per UTF-8 byte, so 'é' and '☃' each span several ids
+    decode = lambda ids: bytes(ids).decode("utf-8", errors="replace")
+    ids = list("héllo ☃ snow".encode("utf-8"))
+    pieces = list(decode_stream(iter(ids), decode))
+    assert "".join(pieces) == decode(ids) == "héllo ☃ snow"
+    assert "\ufffd" not in "".join(pieces) and "é" in pieces and "☃" in pieces
+    truncated = ids[:-len("☃ snow".encode()) + 1]  # ends inside the snowman: given out as it decodes
+    assert "".join(decode_stream(iter(truncated), decode)) == decode(truncated)

@@ -1,4 +1,6 @@
 """The entry points as a user runs them: outputs on success, one clear paragraph on error."""
+import json
+
 import pytest
 
 from tests.conftest import run_script, tiny_argv
@@ -35,6 +37,30 @@ def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_
     b = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and "JULIET:\n" in a.stdout
+
+
+def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path):
+    args = ("--start=ROMEO:", "--seed=11", "--num_samples=2", "--top_k=10", "--top_p=0.95")
+    plain = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'a'}",
+                       "--max_new_tokens=30", *args)
+    streamed = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'b'}",
+                          "--max_new_tokens=30", "--stream=True", *args)
+    assert plain.returncode == 0 and streamed.returncode == 0, plain.stderr + streamed.stderr
+    samples = lambda out: out.rsplit("---------- 2 sample(s)", 1)[0]  # the last line names the output_dir
+    assert samples(streamed.stdout) == samples(plain.stdout) and "sample 2/2" in plain.stdout
+    for name in ("sample_001.txt", "sample_002.txt"):
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
+
+
+def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
+    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=2", "--temperature=0", "--seed=9")
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "samples" / "index.json").read_text())
+    assert index["prompt"] == "ROMEO:" and index["seed"] == 9 and index["checkpoint_iter"] == 4
+    assert index["settings"]["temperature"] == 0 and index["settings"]["max_new_tokens"] == 30
+    assert index["samples"] == ["sample_001.txt", "sample_002.txt"]
+    first, second = (tmp_path / "samples" / name for name in index["samples"])
+    assert first.read_text() == second.read_text()  # greedy: the seed changes nothing
 
 
 ERRORS = [
