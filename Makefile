@@ -33,7 +33,13 @@ train: data
 	echo "== training with $$cfg"; \
 	$(PY) launch/train.py $$cfg && \
 	echo "== sampling from $$out" && \
-	$(PY) launch/sample.py --out_dir=$$out --start="ROMEO:" --num_samples=3 --max_new_tokens=400
+	$(PY) launch/sample.py --out_dir=$$out --start="ROMEO:" --num_samples=3 --max_new_tokens=400 \
+		--output_dir=shakespeare_output && \
+	echo "== where things are" && \
+	echo "   samples     shakespeare_output/sample_*.txt (how they were made: shakespeare_output/index.json)" && \
+	echo "   loss plot   $$out/loss.png" && \
+	echo "   checkpoint  $$out/ckpt.pt" && \
+	echo "   summary     $$out/summary.json, every logged number in $$out/metrics.jsonl"
 
 test: data
 	$(PY) -m pytest -q tests
