@@ -24,6 +24,7 @@ def plot_losses(path: str | Path, train_steps: Series, train_evals: Series, val_
     Each series is (iteration, loss) pairs; empty series are left out of the plot and the legend.
     """
     from matplotlib.figure import Figure  # imported here: only runs that plot pay for matplotlib
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(8, 5), dpi=100, layout="constrained")
     ax = fig.add_subplot()
@@ -37,6 +38,10 @@ def plot_losses(path: str | Path, train_steps: Series, train_evals: Series, val_
     values = [loss for series in (train_steps, train_evals, val_evals) for _, loss in series if loss > 0]
     if values and max(values) / min(values) > LOG_SCALE_RATIO:
         ax.set_yscale("log")
+        # plain numbers at 1, 1.5, 2, 3, 4, 5, 7 ×10^k: readable losses, not 4×10⁰
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("loss (nats per token, log scale)")
     else:
         ax.set_ylabel("loss (nats per token)")

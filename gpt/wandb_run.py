@@ -44,8 +44,13 @@ def start_run(out_dir: str | Path, config: dict[str, Any], project: str, name: s
                        "(or run with --wandb_log=False).") from None
     out_dir = Path(out_dir)
     mode = choose_mode(wandb, announce, out_dir)
-    run = wandb.init(project=project, name=name, config=config, dir=str(out_dir), mode=mode,
-                     id=run_id, resume="allow" if run_id else None)
+    try:
+        run = wandb.init(project=project, name=name, config=config, dir=str(out_dir), mode=mode,
+                         id=run_id, resume="allow" if run_id else None)
+    except wandb.errors.Error as err:  # e.g. a key W&B rejects, or no network for online logging
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise GPTError(f"W&B could not start a run ({first_line}). Log offline with WANDB_MODE=offline (upload "
+                       "later with `wandb sync`), fix the key or the network, or run with --wandb_log=False.") from None
     run.define_metric("iter")
     for kind in KINDS:
         run.define_metric(f"{kind}/*", step_metric="iter")
