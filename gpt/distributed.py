@@ -62,7 +62,12 @@ def init_process_group(denv: DistEnv, device: torch.device, always: bool = False
     if denv.world_size == 1:
         ensure_single_process_env()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": COLLECTIVE_TIMEOUT}
+    store, rank, world = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
+    # torchrun reuses its store when it restarts a failed job (--max-restarts): without a per-attempt
+    # prefix, the new ranks can read the dead ranks' addresses and fail to connect
+    store = dist.PrefixStore(f"gpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": COLLECTIVE_TIMEOUT, "store": store,
+                              "rank": rank, "world_size": world}
     if device.type == "cuda":
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)

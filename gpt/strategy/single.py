@@ -8,6 +8,7 @@ import torch
 
 from gpt.checkpoint import checkpoint_path, load_checkpoint, load_model_state, save_checkpoint
 from gpt.distributed import barrier
+from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.strategy.base import Strategy
 
@@ -49,6 +50,10 @@ class SingleStrategy(Strategy):
     def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
         """Rank 0 writes ckpt.pt atomically; the others wait so nobody runs ahead of a half-written file."""
         path = checkpoint_path(out_dir)
+        bad = [n for n, p in self.raw_model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:  # never let a checkpoint carry NaN/Inf: the previous good one stays the one to resume from
+            raise GPTError(f"refusing to save a checkpoint: parameters {bad[:3]} hold NaN/Inf. "
+                           f"The previous checkpoint in {out_dir} is intact; resume from it with a lower --learning_rate.")
         if self.denv.is_main:
             save_checkpoint({**trainer_state, "model": self.raw_model.state_dict(),
                              "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()},

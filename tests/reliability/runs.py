@@ -19,9 +19,13 @@ def env() -> dict[str, str]:
     return e
 
 
-def start(args: list[str], preexec: Optional[Callable[[], None]] = None, cmd: Optional[list[str]] = None) -> subprocess.Popen:
+def start(args: list[str], preexec: Optional[Callable[[], None]] = None, cmd: Optional[list[str]] = None,
+          log: Optional[Path] = None) -> subprocess.Popen:
+    """Start a run; with `log`, its output goes to that file (nobody has to drain a pipe while we poll)."""
+    sink = open(log, "w") if log else subprocess.PIPE
     return subprocess.Popen(cmd or [sys.executable, str(REPO / "launch/train.py"), *args], cwd=REPO, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
+                            stdout=sink, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True,
+                            preexec_fn=preexec)
 
 
 def train(args: list[str], **kw) -> subprocess.CompletedProcess:

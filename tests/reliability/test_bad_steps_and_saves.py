@@ -75,3 +75,14 @@ def test_a_save_on_a_full_disk_fails_clearly_and_keeps_the_old_checkpoint(tiny_d
     assert "Traceback" not in full.stderr
     assert (tmp_path / "ckpt.pt").read_bytes() == before and load_checkpoint(tmp_path)["iter_num"] == 4
     assert not list(tmp_path.glob(".ckpt*tmp*"))
+
+
+def test_weights_with_nan_are_never_saved(tiny_data, tmp_path):
+    trainer = Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=4, eval_interval=4)))
+    trainer.run()
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    with torch.no_grad():
+        trainer.strategy.raw_model.lm_head.weight[0, 0] = math.inf
+    with pytest.raises(GPTError, match="refusing to save"):
+        trainer.save()
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
