@@ -15,7 +15,7 @@ import datetime
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
@@ -114,7 +114,8 @@ def main(argv: list[str]) -> None:
           f"(from {cfg.out_dir}, iter {ckpt['iter_num']})")
 
 
-def stream_sample(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int, decode, kwargs: dict) -> str:
+def stream_sample(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
+                  decode: Callable[[list[int]], str], kwargs: dict[str, Any]) -> str:
     """Print the prompt, then each piece of text as soon as its tokens exist; return the whole sample's text."""
     prompt_ids = ids[0].tolist()
     new_ids = (int(t) for t in generate_stream(model, ids, max_new_tokens, **kwargs))
