@@ -22,7 +22,7 @@ $(STAMP): requirements.txt
 
 data: $(DATA)
 
-$(DATA): $(STAMP) data/prepare.py data/shakespeare.py data/shards.py data/tokenizer.py
+$(DATA): $(STAMP) $(filter-out data/bench.py,$(wildcard data/*.py))
 	$(PY) data/prepare.py --dataset=shakespeare_char
 
 # the config follows the hardware: the classic one on a GPU, the laptop-sized one on CPU
