@@ -293,7 +293,7 @@ class Trainer:
         self._print(f"done: {summary.iters} iters in {wall:.1f}s, best val loss {summary.best_val_loss:.4f}"
                     + (f", checkpoint in {summary.checkpoint}" if summary.checkpoint else ""))
         if summary.iters < t.max_iters and not t.eval_only:
-            self._print(f"stopped early: continue with the same command plus --init_from=resume (or auto)")
+            self._print("stopped early: continue with the same command plus --init_from=resume (or auto)")
         if self.metrics:
             self.metrics.finish(summary.iters, wall, saved_path)
         return summary

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_argv
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -51,3 +51,12 @@ def assert_close(got: dict[int, float], expected: dict[int, float], tol: float) 
     worst = max(abs(got[i] - expected[i]) for i in expected)
     assert worst <= tol, (worst, got, expected)
     return worst
+
+
+def single_process_run(data_dir: Path, out_dir: Path, overrides: dict) -> Path:
+    """The one-process run a distributed run must match: same config, in this process."""
+    from gpt.config import load_config
+    from gpt.trainer import Trainer
+
+    Trainer(load_config(tiny_argv(data_dir, out_dir, **overrides))).run()
+    return out_dir

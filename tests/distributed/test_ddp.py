@@ -9,16 +9,14 @@ from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.trainer import Trainer
 from tests.conftest import REPO, tiny_argv
-from tests.distributed.launch import VENV_BIN, assert_close, free_port, job_env, losses, torchrun
+from tests.distributed.launch import VENV_BIN, assert_close, free_port, job_env, losses, single_process_run, torchrun
 
 COMMON = dict(dropout=0.0, gradient_accumulation_steps=4, max_iters=20, lr_decay_iters=20, eval_interval=10)
 
 
 @pytest.fixture(scope="module")
 def single_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    Trainer(load_config(tiny_argv(tiny_data, out, **COMMON))).run()
-    return out
+    return single_process_run(tiny_data, tmp_path_factory.mktemp("single"), COMMON)
 
 
 def test_two_ddp_ranks_match_one_process_and_stay_identical(tiny_data, single_run, tmp_path):

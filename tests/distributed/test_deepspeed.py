@@ -5,12 +5,10 @@ import torch
 from data.dataset import open_dataset
 from data.loader import BatchLoader
 from gpt.checkpoint import load_checkpoint, model_from_checkpoint
-from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.strategy.deepspeed_config import resolve_ds_config
-from gpt.trainer import Trainer
 from tests.conftest import run_script, tiny_argv
-from tests.distributed.launch import assert_close, deepspeed, losses
+from tests.distributed.launch import assert_close, deepspeed, losses, single_process_run
 
 pytest.importorskip("deepspeed")
 COMMON = dict(dropout=0.0, gradient_accumulation_steps=2, max_iters=10, lr_decay_iters=10, eval_interval=5)
@@ -18,9 +16,7 @@ COMMON = dict(dropout=0.0, gradient_accumulation_steps=2, max_iters=10, lr_decay
 
 @pytest.fixture(scope="module")
 def single_run(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("single")
-    Trainer(load_config(tiny_argv(tiny_data, out, **COMMON))).run()
-    return out
+    return single_process_run(tiny_data, tmp_path_factory.mktemp("single"), COMMON)
 
 
 def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:

@@ -23,7 +23,7 @@ def records(out_dir, kind):
 
 
 def test_a_run_writes_config_metrics_and_checkpoint(tiny_data, tmp_path, capsys):
-    summary = train(tiny_data, tmp_path)
+    assert train(tiny_data, tmp_path).iters == 8
     printed = capsys.readouterr().out
     assert '"n_layer": 2' in printed and "without position embeddings" in printed
     resolved = yaml.safe_load((tmp_path / "config.yaml").read_text())
