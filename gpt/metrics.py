@@ -89,10 +89,16 @@ class MetricsLogger:
         if self.wandb is not None:
             self._log_wandb(self.wandb, record)
 
-    def train(self, it: int, loss: float, lr: float, dt_ms: float, tokens_per_s: float) -> None:
-        """Log training step `it`: its loss (global batch), learning rate, duration and throughput."""
+    def train(self, it: int, loss: float, lr: float, dt_ms: float, tokens_per_s: float,
+              grad_norm: Optional[float] = None, data_ms: Optional[float] = None) -> None:
+        """Log training step `it`: its loss (global batch), learning rate, duration and throughput,
+        the gradient norm before clipping and the time spent waiting for data, when known."""
         now = time.perf_counter()
         record = {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt_ms, "tokens_per_s": tokens_per_s}
+        if grad_norm is not None:
+            record["grad_norm"] = grad_norm
+        if data_ms is not None:
+            record["data_ms"] = data_ms
         if self.mfu is not None:
             record["mfu"] = self.mfu.of(tokens_per_s)
         record["mem_mib"] = peak_memory_mib(self.device)
@@ -103,6 +109,10 @@ class MetricsLogger:
                  f"lr {lr:.2e}", f"{dt_ms:.1f} ms/iter", f"{tokens_per_s:,.0f} tok/s"]
         if "mfu" in record:
             parts.append(f"MFU {100 * record['mfu']:.2f}%")
+        if grad_norm is not None:
+            parts.append(f"grad norm {grad_norm:.3g}")
+        if data_ms is not None and dt_ms > 0:
+            parts.append(f"data {100 * data_ms / dt_ms:.0f}%")
         parts.append(f"mem {record['mem_mib']:,.0f} MiB")
         if self.max_iters:
             parts.append(f"ETA {format_duration(self._eta(it, now, dt_ms / 1000.0))}")

@@ -189,8 +189,11 @@ class Trainer:
         self.strategy.set_lr(lr_at(self.iter_num, self.cfg.optim))
         local = self.strategy.local_accum
         total = torch.zeros((), device=self.device)
+        self.data_s = 0.0
         for micro in range(local):
+            t0 = time.perf_counter()
             x, y = self.loader.next_batch()
+            self.data_s += time.perf_counter() - t0
             with self.strategy.micro_step(last=micro == local - 1):
                 loss = self._loss(x, y)
                 self.strategy.backward(loss)
@@ -281,8 +284,10 @@ class Trainer:
                 bad_steps = 0
             if it % t.log_interval == 0:
                 mean_loss = self.strategy.reduce_mean(loss)  # the global batch's loss, not just this rank's
+                norm = self.strategy.last_grad_norm
                 if self.metrics:
-                    self.metrics.train(it, mean_loss, lr_at(it, self.cfg.optim), dt * 1000.0, self.tokens_per_iter / dt)
+                    self.metrics.train(it, mean_loss, lr_at(it, self.cfg.optim), dt * 1000.0, self.tokens_per_iter / dt,
+                                       grad_norm=None if norm is None else float(norm), data_ms=self.data_s * 1000.0)
             if self.strategy.any_rank(stop.reason is not None or stop.out_of_time(dt, save_s)):
                 self._print(f"stopping at iter {self.iter_num} ({stop.reason or 'another rank was told to stop'})")
                 break
@@ -290,8 +295,6 @@ class Trainer:
             saved_path, saved_at = self.save(), self.iter_num
         wall = time.perf_counter() - start
         summary = RunSummary(self.iter_num, self.best_val_loss, last_val, wall, saved_path)
-        self._print(f"done: {summary.iters} iters in {wall:.1f}s, best val loss {summary.best_val_loss:.4f}"
-                    + (f", checkpoint in {summary.checkpoint}" if summary.checkpoint else ""))
         if summary.iters < t.max_iters and not t.eval_only:
             self._print("stopped early: continue with the same command plus --init_from=resume (or auto)")
         if self.metrics:

@@ -32,6 +32,7 @@ class Strategy(abc.ABC):
         self.raw_model: Optional[GPT] = None
         self.model: Any = None
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.last_grad_norm: Optional[torch.Tensor | float] = None  # before clipping, of the last step
 
     # -- set-up -----------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -45,6 +45,8 @@ class DeepSpeedStrategy(Strategy):
         if not debug:
             logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         ensure_single_process_env()
+        if denv.is_main:
+            print("starting DeepSpeed (the first run on a machine compiles its ops, which takes a minute)...", flush=True)
         self.config = resolve_ds_config(load_ds_config(ds_config), ds_config, micro_batch=micro_batch,
                                         local_accum=local_accum, world_size=denv.world_size, grad_clip=grad_clip,
                                         dtype=dtype, zero_stage=zero_stage)
@@ -85,6 +87,7 @@ class DeepSpeedStrategy(Strategy):
 
     def step(self) -> bool:
         """Nothing left to do: the engine stepped (with clipping) inside the last micro-step's backward."""
+        self.last_grad_norm = self.engine.get_global_grad_norm()
         return True
 
     def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:

@@ -40,6 +40,7 @@ class SingleStrategy(Strategy):
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        self.last_grad_norm = norm.detach()
         finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))
         if finite:
             self.scaler.step(self.optimizer)
