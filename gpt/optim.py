@@ -6,21 +6,30 @@ import math
 import torch
 
 from gpt.config import OptimConfig
+from gpt.errors import GPTError
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str, impl: str = "auto") -> torch.optim.AdamW:
     """AdamW where matrices (dim >= 2: linears, embeddings) decay and biases/LayerNorm gains do not.
 
-    Fused on CUDA, where torch has a single-kernel AdamW; foreach elsewhere.
+    `impl`: "auto" is fused on CUDA, where torch has a single-kernel AdamW, and foreach elsewhere;
+    "fused", "foreach" or "loop" (one parameter at a time, torch's plain implementation) force one,
+    which is how the training benchmark (gpt/bench.py) compares them.
     """
+    if impl not in ADAMW_IMPLS:
+        raise GPTError(f"AdamW implementation {impl!r} is not one of {', '.join(ADAMW_IMPLS)}.")
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device_type == "cuda"
+    if impl == "auto":
+        impl = "fused" if device_type == "cuda" else "foreach"
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
-                             fused=fused, foreach=None if fused else True)
+                             fused=impl == "fused", foreach=impl == "foreach")
 
 
 def lr_at(it: int, cfg: OptimConfig) -> float:

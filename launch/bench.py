@@ -17,6 +17,7 @@ from gpt.errors import GPTError
 MODES = {
     "kernels": "kernels.bench",  # our Triton ops against torch, forward + backward
     "loader": "data.bench",      # loader throughput and resident memory on synthetic shards
+    "train": "gpt.bench",        # end-to-end training step: AdamW impls, bf16, compile, attention side by side
 }
 
 
