@@ -53,3 +53,9 @@ PYTHON_GPU ?= python3
 .PHONY: gpu-check
 gpu-check:
 	$(PYTHON_GPU) -m pytest -q -p no:cacheprovider tests/gpu && $(PYTHON_GPU) launch/bench.py kernels
+
+# The CPU training-speed comparison (docs/benchmarks.md, "Training speed (CPU)"): variants of the CPU config's
+# step side by side, a few minutes, table last. Keys after BENCH_ARGS=, e.g. BENCH_ARGS="--rounds=10 --threads=1".
+.PHONY: bench
+bench: data
+	$(PY) launch/bench.py train $(BENCH_ARGS)
