@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from gpt import bench, mfu
+from gpt.config import ModelConfig, OptimConfig
 from gpt.errors import GPTError
+from gpt.model import GPT
+from gpt.optim import build_optimizer
 from tests.conftest import tiny_argv
 
 
@@ -40,7 +43,7 @@ def test_bench_runs_a_tiny_config_and_prints_the_table_last(tiny_data, tmp_path,
     assert [r[0] for r in rows] == ["baseline", "fused", "math+foreach", "bf16", "default"]
     assert [r[1:5] for r in rows] == [["loop", "float32", "no", "sdpa"], ["fused", "float32", "no", "sdpa"],
                                       ["foreach", "float32", "no", "math"], ["loop", "bfloat16", "no", "sdpa"],
-                                      ["foreach", "float32", "no", "auto"]]  # the config as the trainer runs it
+                                      ["fused", "float32", "no", "auto"]]  # the config as the trainer runs it
     assert rows[0][-1] == "1.00x"
     tokens_per_s = [float(r[6].replace(",", "")) for r in rows]
     mfu_pct = [float(r[7].rstrip("%")) for r in rows]
@@ -58,6 +61,16 @@ def test_adamw_implementations_give_the_baselines_losses(cfg):
     assert base[-1] < base[0]  # it trains
     for name in ("foreach", "fused"):
         assert losses(cfg, name) == pytest.approx(base, rel=1e-5)
+
+
+def test_the_cpu_default_is_the_fused_adamw_the_benchmark_chose():
+    model = GPT(ModelConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+    assert build_optimizer(model, OptimConfig(), "cpu").defaults["fused"] is True
+    assert build_optimizer(model, OptimConfig(), "mps").defaults["foreach"] is True
+    loop = build_optimizer(model, OptimConfig(), "cpu", impl="loop").defaults
+    assert not loop["fused"] and not loop["foreach"]
+    with pytest.raises(GPTError, match="not one of"):
+        build_optimizer(model, OptimConfig(), "cpu", impl="turbo")
 
 
 def test_bf16_autocast_and_math_attention_stay_close_to_fp32_eager(cfg):
