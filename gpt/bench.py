@@ -14,7 +14,8 @@ Per variant: median ms per iteration with its 10th and 90th percentiles, tokens/
 (gpt/mfu.py, against the device's peak in the variant's dtype), the most memory one step
 holds beyond what existed before it (torch's allocations, from the profiler's memory events),
 the share of the step spent waiting for the loader, and the mean train loss of the last
-steps (same data everywhere, so a variant that trains worse shows it). The table comes last.
+steps (same data everywhere, so a variant that trains worse shows it), and the speed-up over the
+first variant, the median of its per-round ratios. The table comes last.
 """
 from __future__ import annotations
 
@@ -99,6 +100,7 @@ class Result:
     peak_mib: float
     tokens_per_iter: int
     mfu: MFU
+    iters: int  # steps per round: step_ms holds the rounds one after another
 
     def pct(self, q: float) -> float:
         s = sorted(self.step_ms)
@@ -111,6 +113,16 @@ class Result:
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_per_iter / (self.median_ms / 1e3)
+
+    def round_medians(self) -> list[float]:
+        return [statistics.median(self.step_ms[i:i + self.iters]) for i in range(0, len(self.step_ms), self.iters)]
+
+    def speedup_over(self, base: "Result") -> float:
+        """The median over rounds of base's ms/iter over this one's in the same round.
+
+        Paired by round, so a load that comes and goes between rounds cancels out of the ratio.
+        """
+        return statistics.median(b / r for b, r in zip(base.round_medians(), self.round_medians()))
 
     @property
     def data_share(self) -> float:
@@ -257,7 +269,7 @@ def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print
         for r in runners:
             mfu = MFU(flops_per_token(cfg.model), best_peak(device, r.dtype, say), 1)
             results.append(Result(r.variant, r.step_ms, r.data_ms, r.losses, first[r.variant.name],
-                                  r.peak_step_mib(), tokens, mfu))
+                                  r.peak_step_mib(), tokens, mfu, bench.iters))
         return results
     finally:
         for r in runners:
@@ -265,10 +277,11 @@ def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print
 
 
 def table(results: list[Result], loss_steps: int) -> str:
-    """Markdown, one row per variant, with the speed-up over the first row (the baseline when it is first)."""
+    """Markdown, one row per variant, with the speed-up over the first row (the baseline when it is first),
+    taken round by round (see Result.speedup_over)."""
     base = results[0]
     lines = ["| variant | AdamW | dtype | compile | attention | ms/iter median (p10-p90) | tokens/s | MFU | "
-             "peak MiB/step | data share | first step s | loss, last steps | speed vs " + base.variant.name + " |",
+             "peak MiB/step | data share | first step s | loss, last steps | speed vs " + base.variant.name + ", paired by round |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         v = r.variant
@@ -276,7 +289,7 @@ def table(results: list[Result], loss_steps: int) -> str:
         lines.append(f"| {v.name} | {v.optimizer} | {v.dtype} | {'yes' if v.compile else 'no'} | {v.attention} | "
                      f"{r.median_ms:.1f} ({r.pct(0.1):.1f}-{r.pct(0.9):.1f}) | {r.tokens_per_s:,.0f} | "
                      f"{r.mfu.of(r.tokens_per_s):.1%} | {r.peak_mib:.1f} | {r.data_share:.1%} | {r.first_step_s:.1f} | "
-                     f"{loss:.4f} | {base.median_ms / r.median_ms:.2f}x |")
+                     f"{loss:.4f} | {r.speedup_over(base):.2f}x |")
     return "\n".join(lines)
 
 
