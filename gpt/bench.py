@@ -42,19 +42,20 @@ from gpt.strategy.single import SingleStrategy
 
 USAGE = "usage: python launch/bench.py train [CONFIG.yaml] [--key=value ...] (training keys too, e.g. --batch_size=16)"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char_cpu.yaml"
+PROFILE_STEPS = 10
 CHANGES = ("baseline", "default", "loop", "foreach", "fused", "bf16", "compile", "math", "sdpa")
 
 
 @dataclasses.dataclass
 class TrainBenchConfig:
     variants: str = "baseline,foreach,fused,math,bf16,compile,fused+compile,default"
-    rounds: int = 6  # timed rounds; each runs every variant for `iters` steps
-    iters: int = 10  # timed steps per variant per round
+    rounds: int = 20  # timed rounds; each runs every variant for `iters` steps
+    iters: int = 3  # timed steps per variant per round: few, so a burst of load falls on every variant
     warmup: int = 5  # untimed steps per variant before the rounds (the compile happens in the first)
     loss_steps: int = 20  # the loss column averages this many last steps
     cache_dir: str = ""  # TORCHINDUCTOR_CACHE_DIR for compiled variants; "" = the env's, else ~/.cache/gpt/inductor
     threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
-    profile: str = ""  # a variant's name: after the rounds, profile `iters` of its steps and print where the time goes
+    profile: str = ""  # a variant's name: after the rounds, profile 10 of its steps and print where the time goes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +265,7 @@ def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print
             say(f"round {rnd + 1}/{bench.rounds}: " + ", ".join(
                 f"{r.variant.name} {statistics.median(r.step_ms[-bench.iters:]):.1f}" for r in runners) + " ms/iter")
         if bench.profile:
-            say(profile_steps(next(r for r in runners if r.variant.name == bench.profile), bench.iters))
+            say(profile_steps(next(r for r in runners if r.variant.name == bench.profile), PROFILE_STEPS))
         results = []
         for r in runners:
             mfu = MFU(flops_per_token(cfg.model), best_peak(device, r.dtype, say), 1)

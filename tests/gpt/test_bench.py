@@ -53,7 +53,7 @@ def test_bench_runs_a_tiny_config_and_prints_the_table_last(tiny_data, tmp_path,
     for tps, pct in zip(tokens_per_s, mfu_pct):
         assert pct == pytest.approx(100 * per_token * tps / 5e10, rel=0.02, abs=0.06)
     assert all(float(r[8]) > 0 for r in rows)  # the most memory one step holds
-    assert "profile of fused, 2 steps" in "\n".join(out)
+    assert "profile of fused, 10 steps" in "\n".join(out)
 
 
 def test_adamw_implementations_give_the_baselines_losses(cfg):
