@@ -99,3 +99,17 @@ def test_compiled_step_gives_the_eager_losses(cfg, monkeypatch):
 def test_bad_flags_say_what_to_do(tiny_data, tmp_path, flags, match):
     with pytest.raises(GPTError, match=match):
         bench.main(tiny_argv(tiny_data, tmp_path) + flags)
+
+
+def test_speedup_pairs_rounds_so_a_burst_of_load_in_one_round_does_not_decide_it():
+    peak = mfu.MFU(1000, mfu.Peak(1e12, "test"), 1)
+
+    def result(ms: list[float]) -> bench.Result:
+        return bench.Result(bench.Variant("v", "loop", "float32", False, "sdpa"), ms, [0.0] * len(ms),
+                            [1.0] * len(ms), 0.0, 0.0, 768, peak, iters=2)
+
+    # the variant is twice as fast in the two quiet rounds; a burst of load hits it in round 2, the base in round 3
+    base, variant = result([10, 10, 10, 10, 50, 50]), result([5, 5, 50, 50, 25, 25])
+    assert variant.round_medians() == [5, 50, 25]
+    assert variant.speedup_over(base) == pytest.approx(2.0)
+    assert base.median_ms / variant.median_ms == pytest.approx(0.4)  # what unpaired medians would have said
