@@ -33,7 +33,7 @@ from data.loader import BatchLoader
 from gpt.config import REPO_ROOT, Config, validate
 from gpt.distributed import DistEnv
 from gpt.errors import GPTError
-from gpt.flags import build_config, field_specs, help_text, read_yaml, split_argv
+from gpt.flags import build_config, field_specs, help_text, read_yaml, split_argv, unknown_key_error
 from gpt.mfu import MFU, Peak, flops_per_token, peak_flops
 from gpt.model import GPT
 from gpt.optim import build_optimizer, lr_at
@@ -307,6 +307,10 @@ def parse(argv: list[str]) -> tuple[Config, TrainBenchConfig]:
         raise GPTError(f"--threads={bench.threads} must be 0 (torch's default) or a number of threads.")
     path = Path(positional[0]) if positional else DEFAULT_CONFIG
     rest = {k: v for k, v in overrides.items() if k not in bench_keys}
+    known = list(bench_keys) + list(field_specs(Config))
+    for key in rest:  # name close bench keys too, not only training ones
+        if key not in known:
+            raise unknown_key_error(key, known, "on the command line")
     cfg = validate(build_config(Config, read_yaml(path), rest, source=str(path)))
     return cfg, bench
 

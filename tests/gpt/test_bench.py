@@ -95,6 +95,7 @@ def test_compiled_step_gives_the_eager_losses(cfg, monkeypatch):
     (["--variants=baseline", "--profile=compile"], "not one of the variants"),
     (["--rounds=0"], "at least 1"),
     (["--threads=-1"], "threads"),
+    (["--roundz=3"], "Did you mean 'rounds'"),
 ])
 def test_bad_flags_say_what_to_do(tiny_data, tmp_path, flags, match):
     with pytest.raises(GPTError, match=match):
