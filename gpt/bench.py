@@ -34,7 +34,7 @@ from gpt.config import REPO_ROOT, Config, validate
 from gpt.distributed import DistEnv
 from gpt.errors import GPTError
 from gpt.flags import build_config, field_specs, help_text, read_yaml, split_argv, unknown_key_error
-from gpt.mfu import MFU, Peak, flops_per_token, peak_flops
+from gpt.mfu import MFU, best_peak, flops_per_token
 from gpt.model import GPT
 from gpt.optim import build_optimizer, lr_at
 from gpt.runtime import resolve_device, resolve_dtype, seed_everything
@@ -205,18 +205,6 @@ def profile_steps(runner: Runner, steps: int) -> str:
             runner.step()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     return f"\nprofile of {runner.variant.name}, {steps} steps (self CPU time per op):\n{ops}"
-
-
-def best_peak(device: torch.device, dtype: torch.dtype, say: Callable[[str], None]) -> Peak:
-    """The device's peak in `dtype`, or its fp32 peak when that is higher.
-
-    A CPU without bf16 instructions (AVX2 only) runs a large bf16 matmul through a slow path
-    (~1 GFLOP/s measured here, against ~110 in fp32), so its measured bf16 peak says nothing about
-    what the hardware can do; dividing by it would credit a bf16 step with >100% MFU.
-    """
-    own = peak_flops(device, dtype, say)
-    fp32 = peak_flops(device, torch.float32, say)
-    return own if own.flops >= fp32.flops else Peak(fp32.flops, fp32.source + " (higher than its bf16 peak)")
 
 
 def open_data(cfg: Config) -> Dataset:

@@ -157,6 +157,18 @@ def peak_flops(device: torch.device, dtype: torch.dtype, announce: Callable[[str
     return _measured_peak(device, dtype, name, announce)
 
 
+def best_peak(device: torch.device, dtype: torch.dtype, say: Callable[[str], None] = print) -> Peak:
+    """The device's peak in `dtype`, or its fp32 peak when that is higher.
+
+    A CPU without bf16 instructions (AVX2 only) runs a large bf16 matmul through a slow path
+    (~1 GFLOP/s measured here, against ~110 in fp32), so its measured bf16 peak says nothing about
+    what the hardware can do; dividing by it would credit a bf16 step with >100% MFU.
+    """
+    own = peak_flops(device, dtype, say)
+    fp32 = peak_flops(device, torch.float32, say)
+    return own if own.flops >= fp32.flops else Peak(fp32.flops, fp32.source + " (higher than its bf16 peak)")
+
+
 @dataclasses.dataclass(frozen=True)
 class MFU:
     """Turns a training throughput into model FLOPs utilisation for one run."""
@@ -169,7 +181,7 @@ class MFU:
     def for_run(cls, cfg: ModelConfig, device: torch.device, dtype: torch.dtype, world_size: int,
                 announce: Callable[[str], None] = print) -> "MFU":
         """The run's FLOPs per token and its device's peak; `announce` tells the user about a measurement."""
-        return cls(flops_per_token(cfg), peak_flops(device, dtype, announce), world_size)
+        return cls(flops_per_token(cfg), best_peak(device, dtype, announce), world_size)
 
     def of(self, tokens_per_s: float) -> float:
         """The fraction (0..1) of the run's devices' peak that `tokens_per_s` global tokens per second use."""
