@@ -35,13 +35,19 @@ class Prefetcher:
         return item
 
     def close(self) -> None:
-        """Stop the thread (it notices within a poll interval) and drop what it prepared."""
+        """Stop the thread, drop what it prepared, and wait for it to finish its current item.
+
+        Waiting matters at exit: a daemon thread still inside torch while the interpreter shuts
+        down can abort the process ("terminate called without an active exception").
+        """
         self._stop.set()
         while True:
             try:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=30)
 
 
 def _fill(produce: Callable[[int], Any], k: int, out: queue.Queue, stop: threading.Event) -> None:

@@ -225,6 +225,7 @@ class Trainer:
         try:
             return self._run()
         finally:
+            self.loader.close()  # its prefetch thread must not outlive the run
             if self.metrics:
                 self.metrics.close()
             shutdown()
