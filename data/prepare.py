@@ -30,6 +30,7 @@ from data.sources import BLOCK_BYTES, Corpus, input_files
 from data.splits import SplitWriter, move_tail_to_val
 from data.subword import GPT2Tokenizer, train_bpe
 from data.tokenizer import CharTokenizer, Tokenizer
+from gpt.atomic import write_text_atomic
 from gpt.cli import run_main
 from gpt.errors import GPTError
 from gpt.flags import build_config, help_text, split_argv
@@ -159,9 +160,7 @@ def prepare(cfg: PrepareConfig) -> Path:
         "tokens": {"train": n_train, "val": total - n_train},
         "shards": {"train": train_names, "val": val_names},
     }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
-    os.replace(tmp, out / "meta.json")
+    write_text_atomic(out / "meta.json", json.dumps(meta, ensure_ascii=False, indent=1))
     print(f"{cfg.dataset}: {corpus.total_bytes:,} bytes, {cfg.tokenizer} vocab {tokenizer.vocab_size}, "
           f"train {n_train:,} tokens, val {total - n_train:,} tokens -> {out}")
     return out

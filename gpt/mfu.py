@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 import torch
 
+from gpt.atomic import write_text_atomic
 from gpt.config import ModelConfig
 
 # Dense (no sparsity) tensor-core TFLOP/s per GPU, from NVIDIA's product datasheets. Matched as a
@@ -138,9 +139,7 @@ def _measured_peak(device: torch.device, dtype: torch.dtype, name: str, announce
         cached[key] = measure_matmul_flops(device, dtype)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cached, indent=1))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(cached, indent=1))
         except OSError:
             pass  # an unwritable cache costs a re-measurement next run, nothing else
     return Peak(cached[key], f"measured {dname} matmul on {name}")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from gpt.atomic import write_text_atomic
 
 
 def rewind_metrics(path: Path, resume_iter: int) -> None:
@@ -24,6 +25,4 @@ def rewind_metrics(path: Path, resume_iter: int) -> None:
         it = record.get("iter", 0)
         if (record.get("kind") == "eval" and it <= resume_iter) or (record.get("kind") != "eval" and it < resume_iter):
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
