@@ -12,7 +12,6 @@ and a plain-torch reference (kernels/reference.py). `impl` picks one:
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import torch
@@ -20,29 +19,14 @@ import torch
 from gpt.errors import GPTError
 from kernels import reference
 from kernels.reference import attention_math, attention_sdpa
+from kernels.runtime import INTERPRETER, TRITON, available
 
-
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-    except Exception:  # not installed (e.g. macOS) or a broken install: the references still work
-        return False
-    return True
-
-
-TRITON = _triton_importable()
-INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"  # triton reads it when kernels are decorated
 IMPLS = ("auto", "triton", "torch")
 
 if TRITON:  # the op modules, imported before the same-named functions below replace them as attributes
     from kernels import cross_entropy as _ce
     from kernels import flash_attention as _fa
     from kernels import layernorm as _ln
-
-
-def available() -> dict[str, bool]:
-    """What this process can run: {'triton': importable, 'cuda': a GPU is visible, 'interpreter': TRITON_INTERPRET=1}."""
-    return {"triton": TRITON, "cuda": torch.cuda.is_available(), "interpreter": INTERPRETER}
 
 
 def describe() -> str:

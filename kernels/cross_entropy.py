@@ -35,13 +35,13 @@ Memory at vocab 50304, N = 8 x 1024 = 8192 tokens, C = 768, bf16 autocast
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
+from kernels.runtime import INTERPRETER
 
 DEFAULT_CHUNK = 1024  # tokens per chunk in fused_linear_cross_entropy
 
@@ -84,7 +84,7 @@ def _ce_kernel(LOGITS, TARGETS, LOSS, GRAD, N_VALID, M, V, stride_l, stride_g, i
 
 def _tiles(v: int) -> tuple[int, int, int]:
     """(BLOCK_M rows, BLOCK_V vocab columns, warps) a program."""
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":  # few, large programs: each costs ~13 ms
+    if INTERPRETER:  # few, large programs: each costs ~13 ms
         return 16, min(triton.next_power_of_2(v), 1024), 4
     return 1, min(triton.next_power_of_2(v), 8192), 16
 

@@ -42,8 +42,10 @@ import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
+from kernels.runtime import INTERPRETER, LOG2E
 
-LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # a jitted kernel reads module globals only as constexprs
+
 MAX_HEAD_DIM = 128
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -119,7 +121,7 @@ def _fwd_kernel(Q, K, V, O, LSE, sqb, sqh, sqt, skb, skh, skt, svb, svh, svt,
     bh64 = bh.to(tl.int64)
     out = O + bh64 * T * HEAD_DIM + rows[:, None] * HEAD_DIM + dims[None, :]
     tl.store(out, o.to(O.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
-    tl.store(LSE + bh64 * T + rows, (m_i + tl.log2(l_i)) / 1.4426950408889634, mask=rmask)
+    tl.store(LSE + bh64 * T + rows, (m_i + tl.log2(l_i)) / _LOG2E, mask=rmask)
 
 
 @triton.jit
@@ -147,7 +149,7 @@ def _bwd_dkdv_tiles(dk, dv, k, v, cols, q_base, do_base, sqt, lse_base, delta_ba
         qt = tl.load(q_base + rows[None, :] * sqt + dims[:, None], mask=dmask[:, None] & rmask[None, :], other=0.0)
         do = tl.load(do_base + rows[:, None] * HEAD_DIM + dims[None, :], mask=rmask[:, None] & dmask[None, :],
                      other=0.0)
-        lse = tl.load(lse_base + rows, mask=rmask, other=0.0) * 1.4426950408889634
+        lse = tl.load(lse_base + rows, mask=rmask, other=0.0) * _LOG2E
         delta = tl.load(delta_base + rows, mask=rmask, other=0.0)
         st = tl.dot(k, qt, input_precision=PRECISION) * qk_scale  # (BLOCK_K, BLOCK_Q)
         if MASKED:
@@ -252,7 +254,7 @@ def _bwd_kernel(Q, K, V, DO, LSE, DELTA, DQ, DK, DV, sqb, sqh, sqt, skb, skh, sk
     q_mask = rmask[:, None] & dmask[None, :]
     q = tl.load(q_base + rows[:, None] * sqt + dims[None, :], mask=q_mask, other=0.0)
     do = tl.load(do_base + rows[:, None] * HEAD_DIM + dims[None, :], mask=q_mask, other=0.0)
-    lse = tl.load(lse_base + rows, mask=rmask, other=0.0) * 1.4426950408889634
+    lse = tl.load(lse_base + rows, mask=rmask, other=0.0) * _LOG2E
     delta = tl.load(delta_base + rows, mask=rmask, other=0.0)
     dq = tl.zeros([BLOCK_BIG, BLOCK_D], tl.float32)
     if CAUSAL:
@@ -282,14 +284,9 @@ def _mask_kernel(KEEP, T, dropout_p, seed, BLOCK: tl.constexpr):
 
 # ---------------------------------------------------------------- launchers
 
-def _interpreting() -> bool:
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _blocks(head_dim: int) -> dict[str, int]:
     """Tile sizes: few large programs under the interpreter (each costs ~13 ms), GPU-shaped tiles otherwise."""
-    if _interpreting():
+    if INTERPRETER:
         return dict(block_m=64, block_n=32, block_big=64, block_small=32, warps=4, stages=1)
     if head_dim <= 64:
         return dict(block_m=128, block_n=64, block_big=128, block_small=32, warps=4, stages=3)

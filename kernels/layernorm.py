@@ -18,7 +18,6 @@ Any last dimension up to MAX_N works (non-powers of two are masked).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -26,6 +25,7 @@ import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
+from kernels.runtime import INTERPRETER
 
 MAX_N = 65536  # one row must fit one block of registers
 
@@ -89,7 +89,7 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, s
 def _tiles(n: int) -> tuple[int, int, int]:
     """(BLOCK_M rows, BLOCK_N columns, warps): ~4K elements a tile on GPU, bigger tiles under the interpreter."""
     block_n = triton.next_power_of_2(n)
-    budget = 16384 if os.environ.get("TRITON_INTERPRET", "0") == "1" else 4096
+    budget = 16384 if INTERPRETER else 4096
     block_m = max(1, min(64, budget // block_n))
     warps = 4 if block_n * block_m <= 4096 else 8
     return block_m, block_n, warps
