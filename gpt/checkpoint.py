@@ -1,12 +1,20 @@
-"""Checkpoints: everything needed to continue a run exactly, written atomically.
+"""Checkpoints: the one place that knows their format, how they are written and read, and which are kept.
 
-A checkpoint is one `torch.save` file (`<out_dir>/ckpt-NNNNNNN.pt`, also named
-`ckpt.pt` when it is the latest and `best.pt` when it has the best val loss) holding the model,
-optimizer and GradScaler states, the iteration, the best validation loss, every
-RNG stream, the loader position, the resolved config and the tokenizer. It is
-written to a temporary name, fsynced and renamed over the old one, so a crash
-mid-write leaves the previous checkpoint intact. It loads with
-`weights_only=True`: no pickled code runs.
+A run's checkpoints live in its out_dir as entries named `ckpt-NNNNNNN` (the iteration),
+in one of two storage forms:
+- a torch file, `ckpt-NNNNNNN.pt` (single process and DDP): model, optimizer, GradScaler
+  and the trainer's state in one `torch.save`, loaded with `weights_only=True` (no pickled
+  code runs). The pointers are hard links: `ckpt.pt` (the latest) and `best.pt`.
+- a folder, `ckpt-NNNNNNN/` (DeepSpeed): the engine's own sharded files, one set per rank,
+  with the trainer's state as its client state. The pointers are text files naming the
+  folder: `latest` (DeepSpeed's own, which the engine also writes and reads) and `best`.
+Either way: an entry is complete before a pointer moves to it (temporary name, fsync,
+rename; the engine's files are all written before `latest` names them), so a crash
+mid-write leaves the previous checkpoint intact. One retention policy serves both: the
+`keep_last` newest entries are kept, and the best one, whatever its age.
+
+`load_checkpoint` reads either form as one plain dict (a folder is reassembled into whole
+fp32 weights), which is what the sampler and the exporter read.
 """
 from __future__ import annotations
 
@@ -14,39 +22,52 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
-from gpt.config import ModelConfig
+from gpt.config import KernelConfig, ModelConfig, model_config_from_dict
 from gpt.errors import GPTError
 from gpt.model import GPT
 
 FORMAT = "gpt-checkpoint"
 VERSION = 1
-FILENAME = "ckpt.pt"
-BEST_FILENAME = "best.pt"
-HISTORY_PREFIX = "ckpt-"
+PREFIX = "ckpt-"
 REQUIRED = ("model", "model_config", "iter_num", "config", "tokenizer")
+# pointer names: the torch-file form links them, the folder form writes the entry's name in them
+FILE_POINTERS = {"latest": "ckpt.pt", "best": "best.pt"}
+FOLDER_POINTERS = {"latest": "latest", "best": "best"}
+
+
+def entry_name(iter_num: int) -> str:
+    return f"{PREFIX}{int(iter_num):07d}"
 
 
 def checkpoint_path(out_dir: str | Path) -> Path:
-    return Path(out_dir) / FILENAME
+    """The latest checkpoint of the torch-file form: <out_dir>/ckpt.pt."""
+    return Path(out_dir) / FILE_POINTERS["latest"]
 
 
+def is_folder_checkpoint(out_dir: str | Path) -> bool:
+    """Whether out_dir holds checkpoints in the folder form (a DeepSpeed run)."""
+    return (Path(out_dir) / FOLDER_POINTERS["latest"]).is_file()
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    return checkpoint_path(out_dir).is_file() or is_folder_checkpoint(out_dir)
+
+
+# -- writing ------------------------------------------------------------------------------------------------
 def save_checkpoint(state: dict[str, Any], out_dir: str | Path, keep_last: int = 1, best: bool = False) -> Path:
-    """Write `state` as <out_dir>/ckpt-NNNNNNN.pt and point ckpt.pt (and best.pt if `best`) at it.
+    """Write `state` as <out_dir>/ckpt-NNNNNNN.pt, point ckpt.pt (and best.pt if `best`) at it, apply retention.
 
-    Each file is written to a temporary name, fsynced and renamed; ckpt.pt and best.pt
-    are hard links swapped in by rename, so at every instant they name a complete
-    checkpoint. Only the `keep_last` newest ckpt-*.pt names are kept (best.pt keeps its
-    data alive on its own). Returns the path of ckpt.pt.
+    Returns the path of ckpt.pt. A failed write is one GPTError; the previous checkpoint stays.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".ckpt*.tmp-*"):  # left by a run killed mid-write
         stale.unlink(missing_ok=True)
-    final = out / f"{HISTORY_PREFIX}{int(state.get('iter_num', 0)):07d}.pt"
+    final = out / f"{entry_name(state.get('iter_num', 0))}.pt"
     tmp = out / f".{final.name}.tmp-{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
@@ -54,20 +75,56 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path, keep_last: int =
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-        _point(out / FILENAME, final)
+        _link(out / FILE_POINTERS["latest"], final)
         if best:
-            _point(out / BEST_FILENAME, final)
+            _link(out / FILE_POINTERS["best"], final)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise GPTError(f"could not write checkpoint {final}: {err.strerror or err}. "
                        "The previous checkpoint is untouched; free space or fix permissions and resume.") from None
     _fsync_dir(out)
-    for old in sorted(out.glob(f"{HISTORY_PREFIX}*.pt"))[:-keep_last]:
-        old.unlink(missing_ok=True)
-    return out / FILENAME
+    _retain(out, keep_last)
+    return out / FILE_POINTERS["latest"]
 
 
-def _point(name: Path, target: Path) -> None:
+def commit_folder_checkpoint(out_dir: str | Path, entry: str, keep_last: int, best: bool) -> Path:
+    """After every rank wrote folder `entry` (the engine moved `latest` to it): mark it best if it is, apply retention."""
+    out = Path(out_dir)
+    if best:
+        _write_pointer(out / FOLDER_POINTERS["best"], entry)
+    _retain(out, keep_last)
+    return out / entry
+
+
+def _retain(out: Path, keep_last: int) -> None:
+    """Keep the `keep_last` newest entries and the best one; remove the other entries."""
+    files = sorted(out.glob(f"{PREFIX}*.pt"))
+    folders = sorted(p for p in out.glob(f"{PREFIX}*") if p.is_dir())
+    best = _best_entry(out, files, folders)
+    for entries in (files, folders):
+        for old in entries[:-keep_last]:
+            if old == best:
+                continue
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+
+
+def _best_entry(out: Path, files: list[Path], folders: list[Path]) -> Optional[Path]:
+    """The entry a best pointer names, in either form."""
+    link = out / FILE_POINTERS["best"]
+    if link.is_file():
+        same = [f for f in files if os.path.samefile(f, link)]
+        if same:
+            return same[0]
+    pointer = out / FOLDER_POINTERS["best"]
+    if pointer.is_file():
+        return out / pointer.read_text().strip()
+    return None
+
+
+def _link(name: Path, target: Path) -> None:
     """Make `name` another name for `target`, replacing any old one atomically."""
     tmp = name.with_name(f".{name.name}.tmp-{os.getpid()}")
     tmp.unlink(missing_ok=True)
@@ -76,6 +133,12 @@ def _point(name: Path, target: Path) -> None:
     except OSError:  # a filesystem without hard links: copy (still renamed into place)
         shutil.copyfile(target, tmp)
     os.replace(tmp, name)
+
+
+def _write_pointer(path: Path, entry: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(entry)
+    os.replace(tmp, path)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -91,16 +154,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+# -- reading ------------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and check a checkpoint (a ckpt.pt file, or an out_dir of a plain or DeepSpeed run).
+    """Read and check a checkpoint: a .pt file, or an out_dir of either form (its latest checkpoint).
 
     Bad ones are explained: missing, truncated, not a checkpoint, incomplete.
     """
     path = Path(path)
     if path.is_dir():
-        from gpt.strategy.deepspeed_export import is_deepspeed_checkpoint, plain_from_deepspeed
-        if is_deepspeed_checkpoint(path):  # a DeepSpeed run's out_dir: reassemble its latest checkpoint
-            return plain_from_deepspeed(path)
+        if is_folder_checkpoint(path):
+            return _plain_from_folder(path)
         path = checkpoint_path(path)
     if not path.is_file():
         raise GPTError(f"no checkpoint at {path}. Train first (python launch/train.py --out_dir={path.parent}) "
@@ -120,12 +183,68 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], **overrides: Any) -> GPT:
-    """Build the checkpoint's GPT and load its weights (overrides: e.g. dropout=0.0, attention="math")."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    config = ModelConfig(**{k: v for k, v in ckpt["model_config"].items() if k in fields})
-    config = dataclasses.replace(config, **overrides)
-    model = GPT(config)
+def folder_client_state(out_dir: str | Path) -> dict[str, Any]:
+    """The trainer state saved with the latest folder checkpoint (rank 0's model-states file)."""
+    return _latest_folder_states(Path(out_dir))[1]
+
+
+def _latest_folder_states(out_dir: Path) -> tuple[str, dict[str, Any]]:
+    tag = (out_dir / FOLDER_POINTERS["latest"]).read_text().strip()
+    # ZeRO-3 names the rank-0 file after its partition; the other stages keep one whole-model file
+    candidates = [out_dir / tag / "mp_rank_00_model_states.pt", out_dir / tag / "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+    states_path = next((p for p in candidates if p.is_file()), None)
+    if states_path is None:
+        raise GPTError(f"{out_dir}/latest names checkpoint {tag!r}, but {candidates[0].name} is missing from "
+                       f"{out_dir / tag}: the DeepSpeed checkpoint is incomplete.")
+    try:
+        # DeepSpeed pickles its own objects into this file: it is our run's output, not foreign input
+        states = torch.load(states_path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise GPTError(f"{states_path} is not a readable DeepSpeed checkpoint ({type(err).__name__}: {err}).") from None
+    if "model_config" not in states:
+        raise GPTError(f"{out_dir} holds a DeepSpeed checkpoint that was not written by launch/train.py.")
+    return tag, states
+
+
+def _plain_from_folder(out_dir: Path) -> dict[str, Any]:
+    """The latest DeepSpeed checkpoint as a plain (fp32, unsharded) checkpoint dict.
+
+    Stage 0 keeps whole weights in the model-states file; stages 1-3 keep fp32 master weights
+    sharded in the optimizer files, which DeepSpeed's zero_to_fp32 reassembles.
+    """
+    tag, states = _latest_folder_states(out_dir)
+    if states.get("zero_stage", 0) == 0:
+        model = {k: v.float() for k, v in states["module"].items()}
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        model = dict(get_fp32_state_dict_from_zero_checkpoint(str(out_dir), tag=tag))
+        # zero_to_fp32 keeps one name per tied parameter; restore the tied name the model expects
+        if "lm_head.weight" in model and "transformer.wte.weight" not in model:
+            model["transformer.wte.weight"] = model["lm_head.weight"]
+        if "transformer.wte.weight" in model and "lm_head.weight" not in model:
+            model["lm_head.weight"] = model["transformer.wte.weight"]
+    keep = ("model_config", "config", "tokenizer", "dataset", "iter_num", "best_val_loss")
+    return {"format": FORMAT, "version": VERSION, "model": model, **{k: states[k] for k in keep if k in states}}
+
+
+# -- checkpoints and models ------------------------------------------------------------------------------------
+def check_resumable(saved: dict[str, Any], model: ModelConfig, tokenizer: dict[str, Any], out_dir: str | Path,
+                    dataset: str) -> None:
+    """Explain why this run cannot continue a checkpoint: another model, or another vocabulary."""
+    theirs = model_config_from_dict(saved["model_config"])
+    diff = [f"{f.name}: checkpoint {getattr(theirs, f.name)!r}, this run {getattr(model, f.name)!r}"
+            for f in dataclasses.fields(ModelConfig) if getattr(theirs, f.name) != getattr(model, f.name)]
+    if diff:
+        raise GPTError(f"cannot resume from {out_dir}: the model differs ({'; '.join(diff)}). "
+                       "Resume with the config the run started with, or start fresh in another --out_dir.")
+    if saved["tokenizer"] != tokenizer:
+        raise GPTError(f"cannot resume from {out_dir}: it was trained on another vocabulary than dataset "
+                       f"{dataset!r} has now. Use the dataset it was trained on.")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], dropout: float = 0.0, kernels: Optional[KernelConfig] = None) -> GPT:
+    """Build the checkpoint's GPT and load its weights; kernels are this process's choice, not the checkpoint's."""
+    model = GPT(model_config_from_dict(ckpt["model_config"]), dropout=dropout, kernels=kernels)
     load_model_state(model, ckpt["model"], "the checkpoint")
     return model
 

@@ -2,108 +2,120 @@
 
 `python launch/train.py [CONFIG.yaml] [--key=value ...]`: defaults below, then
 the YAML file (default configs/shakespeare_char.yaml), then the flags.
-Everything is validated here, before any data or model is touched.
+`validate` makes every check that needs only the config; the checks that need
+the machine or the data (world size, vocabulary) are made once, in gpt/build.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
+from data.formats import FORMATS
+from data.sampling import SAMPLING
 from gpt.errors import GPTError
-from gpt.flags import build_config, flatten, help_text, read_yaml, split_argv
+from gpt.flags import build_config, choice, flatten, opt, parse_args
+from gpt.runtime import DTYPES, check_device_name
+from kernels.runtime import IMPLS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char.yaml"
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION = ("auto", "triton", "sdpa", "math")
-OP_IMPLS = ("auto", "triton", "torch")  # layernorm, cross_entropy: see kernels/__init__.py
 INIT_FROM = ("scratch", "resume", "auto")
+ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
 STRATEGIES = ("auto", "single", "ddp", "deepspeed")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """The GPT's shape. vocab_size None = take it from the dataset's tokenizer."""
+    """What defines the GPT's weights, and nothing else: checkpoints store it, resuming compares it."""
 
-    block_size: int = 1024
-    vocab_size: Optional[int] = None
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = False
-    attention: str = "auto"  # auto = our Triton kernel on CUDA, sdpa elsewhere; or triton | sdpa | math
-    layernorm: str = "auto"  # auto = our Triton kernel on CUDA, torch elsewhere; or triton | torch
-    cross_entropy: str = "auto"  # the loss, same choices as layernorm
-    fused_linear_loss: bool = False  # lm_head + loss in token chunks: the logits never exist (forward returns None)
+    block_size: int = opt(1024, "context length in tokens (position embeddings)")
+    vocab_size: Optional[int] = opt(None, "vocabulary size; None = the dataset's tokenizer's")
+    n_layer: int = opt(12, "transformer blocks")
+    n_head: int = opt(12, "attention heads per block")
+    n_embd: int = opt(768, "embedding width (n_head divides it)")
+    bias: bool = opt(False, "biases in the linear layers and LayerNorms (GPT-2 has them)")
+
+
+@dataclasses.dataclass
+class KernelConfig:
+    """Which implementation computes each op: a choice of this run, not of the weights, so any
+    checkpoint runs on any device. auto = our Triton kernel where it is known to fit (CUDA), else torch."""
+
+    attention: str = opt("auto", "auto | triton (ours) | torch (scaled_dot_product_attention) | math (written out)")
+    layernorm: str = opt("auto", "auto | triton | torch (F.layer_norm) | math")
+    cross_entropy: str = opt("auto", "the loss: auto | triton | torch (F.cross_entropy) | math")
+    fused_linear_loss: bool = opt(False, "lm_head + loss in token chunks: the full logits never exist")
 
 
 @dataclasses.dataclass
 class DataConfig:
-    dataset: str = "shakespeare_char"
-    data_dir: str = "data"
-    batch_size: int = 12
-    sampling: str = "random"  # random windows (nanoGPT) | sequential: each epoch every window once, seeded order
-    data_format: str = "auto"  # auto | shards (data/prepare.py) | llmc (llm.c, modded-nanogpt) | nanogpt (train.bin)
+    dataset: str = opt("shakespeare_char", "a dataset name under --data_dir (data/prepare.py makes one)")
+    data_dir: str = opt("data", "the folder that holds datasets")
+    batch_size: int = opt(12, "sequences per micro-batch (per rank)")
+    sampling: str = opt("random", "random windows (nanoGPT) | sequential: each epoch every window once, seeded order")
+    data_format: str = opt("auto", "auto | shards (data/prepare.py) | llmc (llm.c, modded-nanogpt) | nanogpt (train.bin)")
 
 
 @dataclasses.dataclass
 class OptimConfig:
-    learning_rate: float = 6e-4
-    weight_decay: float = 1e-1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    decay_lr: bool = True
-    warmup_iters: int = 2000
-    lr_decay_iters: int = 600000
-    min_lr: float = 6e-5
+    learning_rate: float = opt(6e-4, "peak learning rate (after warmup)")
+    weight_decay: float = opt(1e-1, "AdamW weight decay, on matrices and embeddings only")
+    beta1: float = opt(0.9, "AdamW beta1")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 = no clipping")
+    decay_lr: bool = opt(True, "warmup then cosine decay; False = constant learning_rate")
+    warmup_iters: int = opt(2000, "linear warmup steps")
+    lr_decay_iters: int = opt(600000, "the cosine reaches min_lr at this step")
+    min_lr: float = opt(6e-5, "learning rate at and after lr_decay_iters")
+    adamw_impl: str = opt("auto", "auto (fused on CUDA and CPU, else foreach) | fused | foreach | loop")
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    out_dir: str = "out"
-    max_iters: int = 600000
-    eval_interval: int = 2000
-    eval_iters: int = 200
-    eval_only: bool = False
-    log_interval: int = 1
-    always_save_checkpoint: bool = True
-    init_from: str = "scratch"  # scratch | resume | auto (resume when a checkpoint exists)
-    keep_last: int = 1  # checkpoints kept besides the best (best.pt)
-    time_limit: str = ""  # e.g. 2h, 90m, 1h30m, 3600 (seconds): save and exit 0 before it runs out
-    max_bad_steps: int = 10  # consecutive non-finite steps tolerated (each one skipped) before stopping
-    gradient_accumulation_steps: int = 1
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
+    out_dir: str = opt("out", "where checkpoints, metrics.jsonl, loss.png and summary.json go")
+    max_iters: int = opt(600000, "optimizer steps to train for")
+    eval_interval: int = opt(2000, "evaluate (and maybe save) every this many steps")
+    eval_iters: int = opt(200, "batches per split in each evaluation")
+    eval_only: bool = opt(False, "evaluate once and exit")
+    log_interval: int = opt(1, "a progress line every this many steps")
+    always_save_checkpoint: bool = opt(True, "save at every eval; False = only when val loss improves")
+    init_from: str = opt("scratch", "scratch | resume (from out_dir) | auto (resume when a checkpoint exists)")
+    keep_last: int = opt(1, "checkpoints kept besides the best one")
+    time_limit: str = opt("", "e.g. 2h, 90m, 1h30m, 3600 (seconds): save and exit 0 before it runs out")
+    max_bad_steps: int = opt(10, "consecutive non-finite steps tolerated (each one skipped) before stopping")
+    gradient_accumulation_steps: int = opt(1, "micro-batches per step, over all ranks (a multiple of the world size)")
+    dropout: float = opt(0.0, "dropout rate while training (0 for pretraining, 0.1+ for finetuning)")
+    seed: int = opt(1337, "seeds weights, data order and dropout")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto (bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU) | float32 | bfloat16 | float16")
+    compile: bool = opt(False, "torch.compile the model")
 
 
 @dataclasses.dataclass
 class DistConfig:
     """How the run is spread over processes; see gpt/strategy/."""
 
-    strategy: str = "auto"
-    zero_stage: Optional[int] = None
-    ds_config: str = "ds_config.json"
-    local_rank: Optional[int] = None  # passed by the deepspeed launcher; LOCAL_RANK from the environment wins
+    strategy: str = opt("auto", "auto (deepspeed under its launcher or with zero_stage, ddp with >1 process, else single) "
+                                "| single | ddp | deepspeed")
+    zero_stage: Optional[int] = opt(None, "DeepSpeed ZeRO stage 0-3; None = ds_config.json's")
+    ds_config: str = opt("ds_config.json", "DeepSpeed settings; fields the training config owns are \"auto\"")
+    local_rank: Optional[int] = opt(None, "passed by the deepspeed launcher and ignored: LOCAL_RANK is read from the environment")
 
 
 @dataclasses.dataclass
 class LogConfig:
-    wandb_log: bool = False
-    wandb_project: str = "gpt"
-    wandb_run_name: str = "run"
+    wandb_log: bool = opt(False, "log to Weights & Biases (offline without an account)")
+    wandb_project: str = opt("gpt", "W&B project")
+    wandb_run_name: str = opt("run", "W&B run name")
 
 
 @dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    kernels: KernelConfig = dataclasses.field(default_factory=KernelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -134,8 +146,8 @@ def validate(cfg: Config) -> Config:
     if m.n_embd % m.n_head:
         raise GPTError(f"n_embd={m.n_embd} is not divisible by n_head={m.n_head}: each head needs n_embd/n_head channels. "
                        f"Choose n_head among the divisors of {m.n_embd}.")
-    if not 0.0 <= m.dropout < 1.0:
-        raise GPTError(f"--dropout={m.dropout} must be in [0, 1).")
+    if not 0.0 <= t.dropout < 1.0:
+        raise GPTError(f"--dropout={t.dropout} must be in [0, 1).")
     for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if getattr(o, key) < 0:
             raise GPTError(f"--{key}={getattr(o, key)} must not be negative (grad_clip=0 turns clipping off).")
@@ -148,19 +160,18 @@ def validate(cfg: Config) -> Config:
     if o.decay_lr and o.lr_decay_iters <= o.warmup_iters:
         raise GPTError(f"lr_decay_iters={o.lr_decay_iters} must be greater than warmup_iters={o.warmup_iters} "
                        "for the cosine schedule (or set --decay_lr=False).")
-    if not DEVICE_PATTERN.match(t.device):
-        raise GPTError(f"--device={t.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps.")
-    _choice("dtype", t.dtype, DTYPES)
-    _choice("attention", m.attention, ATTENTION)
-    _choice("layernorm", m.layernorm, OP_IMPLS)
-    _choice("cross_entropy", m.cross_entropy, OP_IMPLS)
-    _choice("init_from", t.init_from, INIT_FROM)
+    check_device_name("device", t.device)
+    choice("dtype", t.dtype, DTYPES)
+    for key in ("attention", "layernorm", "cross_entropy"):
+        choice(key, getattr(cfg.kernels, key), IMPLS)
+    choice("adamw_impl", o.adamw_impl, ADAMW_IMPLS)
+    choice("init_from", t.init_from, INIT_FROM)
     if t.keep_last < 1:
         raise GPTError(f"--keep_last={t.keep_last} must be at least 1 (the latest checkpoint is always kept).")
     if t.max_bad_steps < 1:
         raise GPTError(f"--max_bad_steps={t.max_bad_steps} must be at least 1.")
     parse_duration(t.time_limit)
-    _choice("strategy", cfg.dist.strategy, STRATEGIES)
+    choice("strategy", cfg.dist.strategy, STRATEGIES)
     if cfg.dist.zero_stage is not None:
         if cfg.dist.zero_stage not in (0, 1, 2, 3):
             raise GPTError(f"--zero_stage={cfg.dist.zero_stage} is not a ZeRO stage: use 0, 1, 2 or 3.")
@@ -169,8 +180,8 @@ def validate(cfg: Config) -> Config:
                            "drop --zero_stage or use --strategy=deepspeed.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
-    _choice("sampling", d.sampling, ("random", "sequential"))
-    _choice("data_format", d.data_format, ("auto", "shards", "llmc", "nanogpt"))
+    choice("sampling", d.sampling, SAMPLING)
+    choice("data_format", d.data_format, FORMATS)
     return cfg
 
 
@@ -192,23 +203,19 @@ def parse_duration(text: str) -> float | None:
     return total
 
 
-def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise GPTError(f"--{key}={value!r} is not one of {', '.join(allowed)}.")
-
-
 def load_config(argv: Sequence[str]) -> Config:
-    """Parse `[CONFIG.yaml] [--key=value ...]` into a validated Config."""
-    if "--help" in argv or "-h" in argv:
-        print(help_text(Config, USAGE))
-        raise SystemExit(0)
-    positional, overrides = split_argv(argv, allow_positional=True)
-    if len(positional) > 1:
-        raise GPTError(f"expected at most one config file, got {positional}. {USAGE}")
-    path = Path(positional[0]) if positional else DEFAULT_CONFIG
-    return validate(build_config(Config, read_yaml(path), overrides, source=str(path)))
+    """Parse `[CONFIG.yaml] [--key=value ...]` into a validated Config (`--help` lists every key and exits)."""
+    return validate(parse_args(Config, argv, USAGE, config_file=DEFAULT_CONFIG))
 
 
-def config_from_dict(values: dict) -> Config:
-    """Rebuild a Config from its flat dict (as stored in checkpoints)."""
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from its flat dict (as stored in checkpoints and config.yaml)."""
     return build_config(Config, values, {}, source="checkpoint config")
+
+
+def model_config_from_dict(values: dict[str, Any]) -> ModelConfig:
+    """A checkpoint's ModelConfig. Keys that are not weights (the kernel choices and dropout that
+    checkpoints before the restructuring stored here) are left out, and keys added since take
+    their defaults, so every older checkpoint still loads."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    return ModelConfig(**{k: v for k, v in values.items() if k in known})

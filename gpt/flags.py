@@ -1,9 +1,12 @@
 """Typed `--key=value` flags and flat YAML files for any config dataclass.
 
-One parser serves every entry point (train, sample, prepare, bench): a config
-is a dataclass whose fields are plain types (int, float, bool, str, or Optional
-of them) or nested dataclasses (sections). Keys are flat, nanoGPT style: a
-section's fields are addressed by their own names, which must be unique.
+One parser serves every entry point (train, sample, prepare, eval, export, bench):
+a config is a dataclass whose fields are plain types (int, float, bool, str, or
+Optional of them) or nested dataclasses (sections). Keys are flat, nanoGPT style:
+a section's fields are addressed by their own names, which must be unique. Each
+field carries a one-line description (`opt(default, "...")`) that `--help` shows.
+`parse_args` is what an entry point calls: `--help` prints every key and exits 0,
+anything wrong is a GPTError, in every script alike.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
@@ -22,14 +25,20 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
+def opt(default: Any, help: str) -> Any:
+    """A config field with its default and the one-line description `--help` shows."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
-    """Where a flat key lives: its section path, its type, its default."""
+    """Where a flat key lives: its section path, its type, its default and its description."""
 
     path: tuple[str, ...]
     type: type
     optional: bool
     default: Any
+    help: str = ""
 
 
 def field_specs(cls: type) -> dict[str, FieldSpec]:
@@ -46,7 +55,7 @@ def field_specs(cls: type) -> dict[str, FieldSpec]:
             continue
         base, optional = _unwrap_optional(hint)
         default = f.default if f.default is not dataclasses.MISSING else None
-        specs[f.name] = FieldSpec((f.name,), base, optional, default)
+        specs[f.name] = FieldSpec((f.name,), base, optional, default, f.metadata.get("help", ""))
     return specs
 
 
@@ -68,6 +77,12 @@ def unknown_key_error(key: str, known: Sequence[str], where: str) -> GPTError:
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return GPTError(f"unknown config key {key!r} {where}.{hint} Run with --help to list every key with its default.")
+
+
+def choice(key: str, value: str, allowed: Sequence[str]) -> None:
+    """The one check for a key that takes one of a few names."""
+    if value not in allowed:
+        raise GPTError(f"--{key}={value!r} is not one of {', '.join(allowed)}.")
 
 
 def parse_string(key: str, raw: str, spec: FieldSpec) -> Any:
@@ -163,16 +178,16 @@ def build_config(cls: type, file_values: Mapping[str, Any], cli_values: Mapping[
         if key not in specs:
             raise unknown_key_error(key, list(specs), "on the command line")
         values[key] = parse_string(key, raw, specs[key])
-    return _instantiate(cls, values, ())
+    return _instantiate(cls, values)
 
 
-def _instantiate(cls: type, values: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+def _instantiate(cls: type, values: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
-            kwargs[f.name] = _instantiate(hint, values, path + (f.name,))
+            kwargs[f.name] = _instantiate(hint, values)
         elif f.name in values:
             kwargs[f.name] = values[f.name]
     return cls(**kwargs)
@@ -191,8 +206,33 @@ def flatten(config: Any) -> dict[str, Any]:
 
 
 def help_text(cls: type, usage: str) -> str:
-    """A listing of every key, its type and default, for --help."""
+    """A listing of every key: its description, type and default, for --help."""
     lines = [usage, "", "options (--key=value):"]
     for key, spec in field_specs(cls).items():
-        lines.append(f"  --{key:<28} {_type_name(spec):<22} default: {spec.default!r}")
+        lines.append(f"  --{key:<26} {spec.help}")
+        lines.append(f"  {'':<28} {_type_name(spec)}, default {spec.default!r}")
     return "\n".join(lines)
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return "--help" in argv or "-h" in argv
+
+
+def parse_args(cls: type, argv: Sequence[str], usage: str, *, config_file: Optional[Path] = None,
+               epilog: str = "") -> Any:
+    """An entry point's config from argv: defaults < YAML file < `--key=value`.
+
+    With `config_file` (the default YAML), one positional argument may name another
+    file; without it, positional arguments are an error. `--help`/`-h` prints every
+    key with its description and exits 0. Checks beyond types are the caller's.
+    """
+    if wants_help(argv):
+        print(help_text(cls, usage) + (f"\n\n{epilog}" if epilog else ""))
+        raise SystemExit(0)
+    positional, overrides = split_argv(argv, allow_positional=config_file is not None)
+    if len(positional) > 1:
+        raise GPTError(f"expected at most one config file, got {positional}. {usage}")
+    if config_file is None:
+        return build_config(cls, {}, overrides)
+    path = Path(positional[0]) if positional else config_file
+    return build_config(cls, read_yaml(path), overrides, source=str(path))

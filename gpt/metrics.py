@@ -1,7 +1,8 @@
 """Where a run's numbers go: the console, <out_dir>/metrics.jsonl, loss.png, summary.json and, if asked, W&B.
 
-Only rank 0 builds a MetricsLogger, so only rank 0 prints progress. A resumed run appends to
-metrics.jsonl (which the trainer first rewinds to the checkpoint) and plots the whole history.
+Only rank 0 builds a MetricsLogger, so only rank 0 prints progress. A resumed run first rewinds
+metrics.jsonl to its checkpoint (a killed run's later lines are replaced, not duplicated), then
+appends to it and plots the whole history.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from gpt.atomic import write_text_atomic
 from gpt.mfu import MFU
 from gpt.summary import format_duration, format_summary, run_summary
 
@@ -24,6 +26,21 @@ def peak_memory_mib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2**20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
+
+
+def rewind_metrics(path: Path, resume_iter: int) -> None:
+    """Drop metrics.jsonl lines the resumed run will write again.
+
+    Train lines for steps >= resume_iter and eval lines after it are replayed by the
+    resumed run; the eval at resume_iter itself was logged before the checkpoint. A
+    torn last line from a kill mid-write is dropped too.
+    """
+    if not path.is_file():
+        return
+    kept = [r for r in read_records(path)
+            if (r.get("kind") == "eval" and r.get("iter", 0) <= resume_iter)
+            or (r.get("kind") != "eval" and r.get("iter", 0) < resume_iter)]
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -56,7 +73,8 @@ class MetricsLogger:
         self.max_iters, self.tokens_per_iter, self.device, self.mfu = max_iters, tokens_per_iter, device, mfu
         self.train_steps: dict[int, dict[str, Any]] = {}
         self.evals: dict[int, dict[str, Any]] = {}
-        if resumed_at is not None and self.path.exists():  # already rewound to resumed_at (gpt/resume.py)
+        if resumed_at is not None and self.path.exists():
+            rewind_metrics(self.path, resumed_at)
             for record in read_records(self.path):
                 self._remember(record)
         self.session_train: list[dict[str, Any]] = []
@@ -161,7 +179,7 @@ class MetricsLogger:
         summary = run_summary(iters=iters, tokens_per_iter=self.tokens_per_iter, wall_s=wall_s,
                               evals=[r for _, r in sorted(self.evals.items())], session_train=self.session_train,
                               checkpoint=checkpoint, mfu=self.mfu, files=files)
-        files["summary"].write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        write_text_atomic(files["summary"], json.dumps(summary, indent=1) + "\n")
         print(format_summary(summary), flush=True)
         if self.wandb is not None:
             self.wandb.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})

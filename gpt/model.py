@@ -4,19 +4,21 @@ Token + learned position embeddings, n_layer pre-LayerNorm blocks (causal
 self-attention, GELU MLP), a final LayerNorm and an output head tied to the
 token embedding. GPT-2 initialisation, with residual projections scaled by
 1/sqrt(2 * n_layer). The model knows nothing of ranks, launchers or devices;
-attention, LayerNorm and the loss come from `kernels` by name (config keys
-attention, layernorm, cross_entropy, fused_linear_loss), Triton or torch.
+attention, LayerNorm and the loss come from `kernels` by name, Triton or torch,
+as the run's KernelConfig says (a runtime choice, not part of the weights:
+`model.kernels` may be changed at any time, e.g. to sample on another device).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from gpt.config import ModelConfig
-from kernels import attention_impl, cross_entropy, fused_linear_cross_entropy, layer_norm
+from gpt.config import KernelConfig, ModelConfig
+from kernels import attention, cross_entropy, fused_linear_cross_entropy, layer_norm
 
 
 class KVCache:
@@ -40,26 +42,26 @@ class KVCache:
 class LayerNorm(nn.Module):
     """nn.LayerNorm's parameters (same names, bias optional) computed by kernels.layer_norm."""
 
-    def __init__(self, ndim: int, bias: bool, impl: str):
+    def __init__(self, ndim: int, bias: bool, kernels: KernelConfig):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
         self.bias = nn.Parameter(torch.zeros(ndim)) if bias else None
-        self.impl = impl
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_norm(x, self.weight, self.bias, 1e-5, impl=self.impl)
+        return layer_norm(x, self.weight, self.bias, 1e-5, impl=self.kernels.layernorm)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, dropout: float, kernels: KernelConfig):
         super().__init__()
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(dropout)
         self.n_head = config.n_head
-        self.dropout = config.dropout
+        self.dropout = dropout
         self.layer = layer
-        self.attend = attention_impl(config.attention)
+        self.kernels = kernels
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, C = x.size()
@@ -71,30 +73,31 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             offset = cache.length
             k, v = cache.update(self.layer, k, v)
-        y = self.attend(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0, q_offset=offset)
+        y = attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0, q_offset=offset,
+                      impl=self.kernels.attention)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, dropout: float):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, dropout: float, kernels: KernelConfig):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layernorm)
-        self.attn = CausalSelfAttention(config, layer)
-        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layernorm)
-        self.mlp = MLP(config)
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, kernels)
+        self.attn = CausalSelfAttention(config, layer, dropout, kernels)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, kernels)
+        self.mlp = MLP(config, dropout)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cache)
@@ -102,17 +105,19 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, dropout: float = 0.0, kernels: Optional[KernelConfig] = None):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size must be set (it comes from the dataset's tokenizer)")
         self.config = config
+        # one object shared by every module: assigning model.kernels' fields switches them all
+        self.kernels = dataclasses.replace(kernels) if kernels is not None else KernelConfig()
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
-            ln_f=LayerNorm(config.n_embd, config.bias, config.layernorm),
+            drop=nn.Dropout(dropout),
+            h=nn.ModuleList([Block(config, i, dropout, self.kernels) for i in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, config.bias, self.kernels),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         # weight tying: the output head reads tokens with the same vectors that embed them
@@ -130,6 +135,11 @@ class GPT(nn.Module):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def use_kernels(self, kernels: KernelConfig) -> None:
+        """Switch every op to `kernels`' implementations (the weights are untouched)."""
+        for f in dataclasses.fields(KernelConfig):
+            setattr(self.kernels, f.name, getattr(kernels, f.name))
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; by default without position embeddings (as nanoGPT reports it).
@@ -164,8 +174,8 @@ class GPT(nn.Module):
             cache.length += t
         x = self.transformer.ln_f(x)
         if targets is not None:
-            impl = self.config.cross_entropy
-            if self.config.fused_linear_loss:
+            impl = self.kernels.cross_entropy
+            if self.kernels.fused_linear_loss:
                 return None, fused_linear_cross_entropy(x, self.lm_head.weight, targets, ignore_index=-1, impl=impl)
             logits = self.lm_head(x)
             return logits, cross_entropy(logits, targets, ignore_index=-1, impl=impl)

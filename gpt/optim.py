@@ -6,23 +6,18 @@ import math
 import torch
 
 from gpt.config import OptimConfig
-from gpt.errors import GPTError
 
 
-ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
-
-
-def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str, impl: str = "auto") -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
     """AdamW where matrices (dim >= 2: linears, embeddings) decay and biases/LayerNorm gains do not.
 
-    `impl`: "auto" is torch's fused AdamW (one kernel over all parameters) on CUDA and on CPU, and
-    foreach elsewhere. On CPU fused measured 1.1 ms per step for the Shakespeare CPU model against
-    4.2 ms foreach and 5.0 ms one parameter at a time, with the same losses (docs/benchmarks.md,
-    "Training speed (CPU)"). "fused", "foreach" or "loop" force one, which is how the training
-    benchmark (gpt/bench.py) compares them.
+    `cfg.adamw_impl`: "auto" is torch's fused AdamW (one kernel over all parameters) on CUDA and on
+    CPU, and foreach elsewhere. On CPU fused measured 1.1 ms per step for the Shakespeare CPU model
+    against 4.2 ms foreach and 5.0 ms one parameter at a time, with the same losses
+    (docs/benchmarks.md, "Training speed (CPU)"). "fused", "foreach" or "loop" force one, which is
+    how the training benchmark (benchmarks/train.py) compares them.
     """
-    if impl not in ADAMW_IMPLS:
-        raise GPTError(f"AdamW implementation {impl!r} is not one of {', '.join(ADAMW_IMPLS)}.")
+    impl = cfg.adamw_impl
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 from typing import ContextManager
 
 import numpy as np
@@ -11,6 +12,14 @@ import torch
 from gpt.errors import GPTError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("auto", *_DTYPES)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device_name(key: str, name: str) -> None:
+    """The one check of a --device value, before anything asks the machine for it."""
+    if not _DEVICE.match(name):
+        raise GPTError(f"--{key}={name!r} is not a device: use auto, cpu, cuda, cuda:N or mps.")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -193,18 +193,31 @@ _lce_op.register_autograd(_lce_backward, setup_context=_lce_setup)
 
 # ---------------------------------------------------------------- the ops
 
-def check_inputs(logits: torch.Tensor, targets: torch.Tensor) -> None:
-    """Raise GPTError for inputs the kernel does not take."""
+def input_problem(logits: torch.Tensor, targets: torch.Tensor) -> str | None:
+    """Why the kernel cannot take these inputs, or None when it can (impl='auto' then runs torch's op)."""
     if logits.dim() < 1 or logits.shape[:-1] != targets.shape:
-        raise GPTError(f"cross_entropy: logits (..., V) and targets (...) must agree; got {tuple(logits.shape)} "
-                       f"and {tuple(targets.shape)}.")
+        return (f"cross_entropy: logits (..., V) and targets (...) must agree; got {tuple(logits.shape)} "
+                f"and {tuple(targets.shape)}.")
     if targets.dtype not in (torch.int64, torch.int32):
-        raise GPTError(f"cross_entropy: targets must be integer class indices; got {targets.dtype}.")
+        return f"cross_entropy: targets must be integer class indices; got {targets.dtype}."
+    return None
+
+
+def linear_input_problem(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> str | None:
+    """The same for fused_linear_cross_entropy."""
+    if hidden.shape[:-1] != targets.shape or weight.dim() != 2 or weight.size(1) != hidden.size(-1):
+        return (f"fused_linear_cross_entropy: hidden (..., C), weight (V, C) and targets (...) must agree; "
+                f"got {tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}.")
+    if chunk < 1:
+        return f"fused_linear_cross_entropy: chunk={chunk} must be at least 1."
+    return None
 
 
 def cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """Mean cross-entropy over targets != ignore_index (fp32 scalar) through our kernel."""
-    check_inputs(logits, targets)
+    problem = input_problem(logits, targets)
+    if problem:
+        raise GPTError(problem)
     x = logits.reshape(-1, logits.size(-1))
     x = x if x.stride(-1) == 1 else x.contiguous()
     loss, _ = _ce_op(x, targets.reshape(-1), int(ignore_index))
@@ -214,11 +227,9 @@ def cross_entropy_triton(logits: torch.Tensor, targets: torch.Tensor, ignore_ind
 def linear_cross_entropy_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                                 ignore_index: int = -1, chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
     """Mean cross-entropy of (hidden @ weight.T) without materialising the logits (see the module docstring)."""
-    if hidden.shape[:-1] != targets.shape or weight.dim() != 2 or weight.size(1) != hidden.size(-1):
-        raise GPTError(f"fused_linear_cross_entropy: hidden (..., C), weight (V, C) and targets (...) must agree; "
-                       f"got {tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}.")
-    if chunk < 1:
-        raise GPTError(f"fused_linear_cross_entropy: chunk={chunk} must be at least 1.")
+    problem = linear_input_problem(hidden, weight, targets, chunk)
+    if problem:
+        raise GPTError(problem)
     if torch.is_autocast_enabled(hidden.device.type):  # the matmuls run in the autocast dtype, as lm_head would
         dtype = torch.get_autocast_dtype(hidden.device.type)
         hidden, weight = hidden.to(dtype), weight.to(dtype)

@@ -406,7 +406,7 @@ def input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
                 f"{v.dtype}. Cast them to one dtype first.")
     if not 1 <= q.size(-1) <= MAX_HEAD_DIM:
         return (f"flash_attention's kernel takes head dims up to {MAX_HEAD_DIM}; got {q.size(-1)}. "
-                "Use impl='torch' (or attention=sdpa) for wider heads.")
+                "Use impl='torch' (attention=torch) for wider heads.")
     if not 0.0 <= dropout_p < 1.0:
         return f"dropout_p={dropout_p} must be in [0, 1)."
     return None

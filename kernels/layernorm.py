@@ -175,20 +175,23 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 # ---------------------------------------------------------------- the op
 
-def check_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    """Raise GPTError for inputs the kernel does not take."""
+def input_problem(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> str | None:
+    """Why the kernel cannot take these inputs, or None when it can (impl='auto' then runs torch's op)."""
     n = x.size(-1) if x.dim() else 0
     if weight.shape != (n,) or (bias is not None and bias.shape != (n,)):
-        raise GPTError(f"layer_norm: weight and bias must have shape ({n},) to match x's last dim; got "
-                       f"{tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}.")
+        return (f"layer_norm: weight and bias must have shape ({n},) to match x's last dim; got "
+                f"{tuple(weight.shape)} and {None if bias is None else tuple(bias.shape)}.")
     if not 1 <= n <= MAX_N:
-        raise GPTError(f"layer_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
+        return f"layer_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'."
+    return None
 
 
 def layer_norm_triton(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                       eps: float = 1e-5) -> torch.Tensor:
     """LayerNorm over the last dim of x (any leading shape) through our kernels."""
-    check_inputs(x, weight, bias)
+    problem = input_problem(x, weight, bias)
+    if problem:
+        raise GPTError(problem)
     x2d = x.reshape(-1, x.size(-1))
     if x2d.stride(-1) != 1:
         x2d = x2d.contiguous()

@@ -1,4 +1,9 @@
-"""Plain-torch versions of the model's ops: the fallback everywhere and the test oracle."""
+"""Plain-torch versions of the model's ops, two per op.
+
+`*_torch`: torch's own fused op (scaled_dot_product_attention, F.layer_norm, F.cross_entropy),
+what impl='torch' runs and what impl='auto' falls back to. `*_math`: the formula written
+out in elementary tensor ops, impl='math', the slow oracle the kernels are tested against.
+"""
 from __future__ import annotations
 
 import math
@@ -31,10 +36,10 @@ def attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     return att @ v
 
 
-def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
                    dropout_p: float = 0.0, scale: float | None = None,
                    q_offset: int = 0) -> torch.Tensor:
-    """torch's fused scaled_dot_product_attention, with the same masking contract as attention_math."""
+    """torch's scaled_dot_product_attention, with the same masking contract as attention_math."""
     tq, tk = q.size(-2), k.size(-2)
     if not causal or (q_offset == 0 and tq == tk):
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
@@ -45,19 +50,46 @@ def attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bo
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-               eps: float = 1e-5) -> torch.Tensor:
+def layer_norm_torch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                     eps: float = 1e-5) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim: torch's F.layer_norm."""
     return F.layer_norm(x, (x.size(-1),), weight, bias, eps)
 
 
-def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+def layer_norm_math(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                    eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm written out, statistics in fp32 or wider (biased variance, as F.layer_norm)."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    mean = xf.mean(-1, keepdim=True)
+    var = (xf - mean).pow(2).mean(-1, keepdim=True)
+    y = (xf - mean) * torch.rsqrt(var + eps) * weight.to(xf.dtype)
+    if bias is not None:
+        y = y + bias.to(xf.dtype)
+    return y.to(x.dtype)
+
+
+def cross_entropy_torch(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """Mean cross-entropy over targets != ignore_index, computed in fp32 (as the model always has)."""
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
                            ignore_index=ignore_index)
 
 
-def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         ignore_index: int = -1) -> torch.Tensor:
+def cross_entropy_math(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
+    """logsumexp(logits) - logits[target], averaged over targets != ignore_index, in fp32."""
+    x = logits.reshape(-1, logits.size(-1)).float()
+    t = targets.reshape(-1)
+    keep = t != ignore_index
+    picked = x.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
+    losses = (torch.logsumexp(x, dim=-1) - picked) * keep
+    return losses.sum() / keep.sum()
+
+
+def linear_cross_entropy_torch(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                               ignore_index: int = -1) -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, targets), materialising the logits."""
-    return cross_entropy(F.linear(hidden, weight), targets, ignore_index)
+    return cross_entropy_torch(F.linear(hidden, weight), targets, ignore_index)
+
+
+def linear_cross_entropy_math(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                              ignore_index: int = -1) -> torch.Tensor:
+    return cross_entropy_math(hidden @ weight.t(), targets, ignore_index)

@@ -21,6 +21,9 @@ def _triton_importable() -> bool:
 
 TRITON = _triton_importable()
 INTERPRETER = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# how each op may be computed: auto = our kernel where it is known to fit, else torch's op;
+# torch = torch's fused op; math = the formula written out (the test oracle)
+IMPLS = ("auto", "triton", "torch", "math")
 LOG2E = 1.4426950408889634  # exponentials in base 2: exp(x) = 2 ** (x * LOG2E)
 
 

@@ -13,41 +13,39 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 import torch
 
 from data.tokenizer import tokenizer_from_meta
 from gpt.checkpoint import load_checkpoint, model_from_checkpoint
 from gpt.cli import run_main
-from gpt.config import DEVICE_PATTERN, DTYPES
+from gpt.atomic import write_text_atomic
 from gpt.errors import GPTError
-from gpt.flags import build_config, help_text, split_argv
+from gpt.flags import choice, opt, parse_args
 from gpt.generate import decode_stream, generate, generate_stream
-from gpt.runtime import autocast, resolve_device, resolve_dtype
+from gpt.runtime import DTYPES, autocast, check_device_name, resolve_device, resolve_dtype
 
 USAGE = "usage: python launch/sample.py --out_dir=DIR [--start=TEXT|FILE:path] [--key=value ...]"
 
 
 @dataclasses.dataclass
 class SampleConfig:
-    out_dir: str = "out-shakespeare-char"
-    start: str = "\n"
-    num_samples: int = 10
-    max_new_tokens: int = 500
-    temperature: float = 0.8
-    top_k: Optional[int] = 200
-    top_p: Optional[float] = None
-    seed: int = 1337
-    device: str = "auto"
-    dtype: str = "auto"
-    output_dir: str = "shakespeare_output"
-    use_kv_cache: bool = True
-    stream: bool = False  # print tokens as they are generated; the same text as without it
+    out_dir: str = opt("out-shakespeare-char", "the training run's folder (its latest checkpoint), or a .pt file")
+    start: str = opt("\n", "the prompt, or FILE:path to read it from a file")
+    num_samples: int = opt(10, "samples to draw")
+    max_new_tokens: int = opt(500, "tokens generated per sample")
+    temperature: float = opt(0.8, "divides the logits; 0 = greedy")
+    top_k: Optional[int] = opt(200, "keep only the k most likely tokens; None = all")
+    top_p: Optional[float] = opt(None, "keep the smallest set of tokens whose probability reaches p; None = all")
+    seed: int = opt(1337, "the sampling seed: the same seed gives the same samples")
+    device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
+    dtype: str = opt("auto", "auto (bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU) | float32 | bfloat16 | float16")
+    output_dir: str = opt("shakespeare_output", "where sample_NNN.txt and index.json are written")
+    use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token, as nanoGPT)")
+    stream: bool = opt(False, "print tokens as they are generated; the same text as without it")
 
 
 def validate(cfg: SampleConfig) -> SampleConfig:
@@ -61,10 +59,8 @@ def validate(cfg: SampleConfig) -> SampleConfig:
         raise GPTError(f"--top_k={cfg.top_k} must be at least 1 (or None for no top-k).")
     if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
         raise GPTError(f"--top_p={cfg.top_p} must be in (0, 1].")
-    if not DEVICE_PATTERN.match(cfg.device):
-        raise GPTError(f"--device={cfg.device!r} is not a device: use auto, cpu, cuda, cuda:N or mps.")
-    if cfg.dtype not in DTYPES:
-        raise GPTError(f"--dtype={cfg.dtype!r} is not one of {', '.join(DTYPES)}.")
+    check_device_name("device", cfg.device)
+    choice("dtype", cfg.dtype, DTYPES)
     return cfg
 
 
@@ -79,11 +75,7 @@ def read_prompt(start: str) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if "--help" in argv or "-h" in argv:
-        print(help_text(SampleConfig, USAGE))
-        return
-    _, overrides = split_argv(argv, allow_positional=False)
-    cfg = validate(build_config(SampleConfig, {}, overrides))
+    cfg = validate(parse_args(SampleConfig, argv, USAGE))
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     ckpt = load_checkpoint(cfg.out_dir)
@@ -135,7 +127,7 @@ def write_index(out: Path, cfg: SampleConfig, prompt: str, ckpt_iter: int, files
              "start": cfg.start, "seed": cfg.seed, "settings": settings, "samples": files,
              "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     path = out / "index.json"
-    path.write_text(json.dumps(index, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")
     return path
 
 

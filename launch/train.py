@@ -5,17 +5,15 @@ With no config file, configs/shakespeare_char.yaml. `--help` lists every key.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
+from gpt.build import build_run
 from gpt.cli import debug_requested, run_main
 from gpt.config import load_config
 from gpt.trainer import Trainer
 
 
 def main(argv: list[str]) -> None:
-    Trainer(load_config(argv), debug=debug_requested(sys.argv)).run()
+    Trainer(build_run(load_config(argv), debug=debug_requested(sys.argv))).run()
 
 
 if __name__ == "__main__":

@@ -52,9 +52,21 @@ def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
     return [f"--{k}={v}" for k, v in values.items()]
 
 
-def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run an entry point as a user would, capturing its output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def script_env(**changes: str | None) -> dict[str, str]:
+    """The environment for a script the tests start: this checkout first on the path (not whichever one
+    `pip install -e .` pointed at), unbuffered output, no debug tracebacks; `changes` set (None: unset)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
     env.pop("GPT_DEBUG", None)
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 120,
+               env: dict[str, str | None] | None = None) -> subprocess.CompletedProcess:
+    """Run an entry point as a user would, capturing its output."""
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=script_env(**(env or {})),
                           capture_output=True, text=True, timeout=timeout)

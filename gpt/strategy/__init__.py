@@ -22,9 +22,10 @@ def choose_strategy(cfg: Config, denv: DistEnv) -> str:
     return name
 
 
-def build_strategy(cfg: Config, denv: DistEnv, device: torch.device, dtype: torch.dtype, debug: bool = False) -> Strategy:
+def build_strategy(cfg: Config, denv: DistEnv, device: torch.device, dtype: torch.dtype, local_accum: int,
+                   debug: bool = False) -> Strategy:
+    """The strategy `choose_strategy` names, for `local_accum` micro-batches per step on this rank."""
     name = choose_strategy(cfg, denv)
-    local_accum = cfg.train.gradient_accumulation_steps // denv.world_size
     args = (denv, device, dtype, local_accum, cfg.optim.grad_clip)
     if name == "deepspeed":
         from gpt.strategy.deepspeed import DeepSpeedStrategy

@@ -1,23 +1,38 @@
-"""The one interface the trainer uses to compute, whatever runs it: one process, DDP or DeepSpeed.
+"""The one interface the trainer computes through, whatever runs it: one process, DDP or DeepSpeed.
 
-A strategy owns the wrapped model and optimizer. Per optimizer step the trainer
-calls `set_lr`, then for each of its `local_accum` micro-batches
-`with micro_step(last): loss = forward(...); backward(loss)`, then `step()`.
-`backward` takes the micro-batch's mean loss; each strategy scales it so the
-gradient is the mean over the global batch.
+A strategy owns the wrapped model and optimizer. The trainer asks it for a training
+step (`train_step`, which draws its own micro-batches, so accumulation and gradient
+synchronisation stay the strategy's business) and gets back what happened as a
+`StepResult`; it asks for losses on eval batches, for checkpoints to be written and
+read, and for numbers to be combined across ranks. It never reaches inside.
 """
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
 from gpt.distributed import DistEnv, all_gather_objects, all_reduce_sum
+from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.runtime import autocast
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one optimizer step did."""
+
+    loss: torch.Tensor  # this rank's mean micro-batch loss, on device (reduce_mean gives the global batch's)
+    grad_norm: Optional[torch.Tensor | float]  # of all gradients before clipping; None if the strategy cannot say
+    applied: bool  # False when the step was skipped: non-finite gradients, or an fp16 overflow
+    data_s: float  # seconds spent waiting for batches
+    lr: float  # the learning rate the optimizer used, read back from it
 
 
 class Strategy(abc.ABC):
@@ -27,45 +42,67 @@ class Strategy(abc.ABC):
         self.denv = denv
         self.device = device
         self.dtype = dtype
-        self.local_accum = local_accum
+        self.local_accum = local_accum  # this rank's micro-batches per step: the global accumulation / world size
         self.grad_clip = grad_clip
-        self.raw_model: Optional[GPT] = None
-        self.model: Any = None
-        self.optimizer: Optional[torch.optim.Optimizer] = None
-        self.last_grad_norm: Optional[torch.Tensor | float] = None  # before clipping, of the last step
 
-    # -- set-up -----------------------------------------------------------------------------------
+    # -- set-up ----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
-        """Take ownership of the model and optimizer; `self.model` is what forward passes call."""
+        """Take ownership of the model and optimizer (compiling the model if asked)."""
 
-    # -- one optimizer step -------------------------------------------------------------------------
-    def autocast(self) -> ContextManager:
+    # -- computing ------------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
+        """One optimizer step at learning rate `lr` over this rank's `local_accum` micro-batches.
+
+        Gradients are the mean over the global batch, whatever the world size.
+        """
+
+    @abc.abstractmethod
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The model's mean loss on one batch (under the run's precision), for evaluation."""
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """No gradients and no dropout inside; training mode again after."""
+        module = self._module()
+        module.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            module.train()
+
+    @abc.abstractmethod
+    def _module(self) -> torch.nn.Module:
+        """The module forward passes go through (wrapped and compiled as the strategy set it up)."""
+
+    def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.dtype)
 
-    def micro_step(self, last: bool) -> ContextManager:
-        """Context for one micro-batch; gradient synchronisation may be skipped unless `last`."""
-        return contextlib.nullcontext()
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on this rank's device; through pinned memory on CUDA, so the copy overlaps compute."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    @abc.abstractmethod
-    def backward(self, loss: torch.Tensor) -> None:
-        """Backpropagate one micro-batch's mean loss."""
-
-    @abc.abstractmethod
-    def step(self) -> bool:
-        """Clip, update the weights, clear the gradients; False when the step was skipped as non-finite."""
-
-    # -- checkpoints ---------------------------------------------------------------------------------
-    @abc.abstractmethod
+    # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
-        """Write model + optimizer + `trainer_state` (collective: every rank calls it).
+        """Write model + optimizer + `trainer_state` (collective: every rank calls it), keeping the
+        `keep_last` newest checkpoints plus the best one. Refuses NaN/Inf weights, whatever the strategy:
+        the previous good checkpoint must stay the one to resume from."""
+        if self.any_rank(not all(bool(torch.isfinite(t).all()) for t in self._local_weights())):
+            raise GPTError(f"refusing to save a checkpoint: the weights hold NaN/Inf. The previous checkpoint in "
+                           f"{out_dir} is intact; resume from it with a lower --learning_rate or a smaller --grad_clip.")
+        return self._save(trainer_state, Path(out_dir), keep_last, best)
 
-        Keeps the `keep_last` newest checkpoints, plus the best one when `best` marks it.
-        """
+    @abc.abstractmethod
+    def _local_weights(self) -> Iterator[torch.Tensor]:
+        """The weight tensors this rank holds (its shards, where the strategy shards them)."""
+
+    @abc.abstractmethod
+    def _save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
+        """Write the checkpoint in this strategy's storage form (see gpt/checkpoint.py)."""
 
     @abc.abstractmethod
     def load(self, out_dir: Path, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -74,11 +111,7 @@ class Strategy(abc.ABC):
         `check(state)` sees the saved trainer state before any weight is loaded, to explain a mismatch.
         """
 
-    @abc.abstractmethod
-    def has_checkpoint(self, out_dir: Path) -> bool:
-        """Whether `out_dir` holds a checkpoint this strategy can resume from."""
-
-    # -- numbers across ranks -------------------------------------------------------------------------
+    # -- numbers across ranks -------------------------------------------------------------------------------------
     def reduce_mean(self, value: torch.Tensor | float) -> float:
         """The mean over ranks of a per-rank number (collective)."""
         t = torch.as_tensor(value, dtype=torch.float64, device=self.device).reshape(1).clone()

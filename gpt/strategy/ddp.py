@@ -1,9 +1,8 @@
 """DistributedDataParallel: every rank holds the whole model; gradients are averaged on the last micro-step."""
 from __future__ import annotations
 
-from typing import ContextManager
-
 import contextlib
+
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -19,6 +18,6 @@ class DDPStrategy(SingleStrategy):
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids)
 
-    def micro_step(self, last: bool) -> ContextManager:
+    def _sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
         # all-reduce only once per optimizer step, when the last micro-batch's gradients are in
         return contextlib.nullcontext() if last else self.model.no_sync()

@@ -1,16 +1,17 @@
-"""One process on one device: plain autograd, GradScaler for fp16, a single-file checkpoint."""
+"""One process on one device: plain autograd, GradScaler for fp16, a torch-file checkpoint."""
 from __future__ import annotations
 
+import contextlib
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from gpt.checkpoint import checkpoint_path, load_checkpoint, load_model_state, save_checkpoint
 from gpt.distributed import barrier
-from gpt.errors import GPTError
 from gpt.model import GPT
-from gpt.strategy.base import Strategy
+from gpt.strategy.base import Batch, StepResult, Strategy
 
 
 class SingleStrategy(Strategy):
@@ -25,42 +26,68 @@ class SingleStrategy(Strategy):
     def _wrap_module(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss / self.local_accum).backward()
+    def _sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
+        """Around each micro-batch's backward; DDP skips its all-reduce unless `last`."""
+        return contextlib.nullcontext()
 
-    def step(self) -> bool:
-        """Clip and step, unless the gradients hold a NaN or Inf: then drop them and report False.
+    def _module(self) -> torch.nn.Module:
+        return self.model
+
+    def _local_weights(self) -> Iterator[torch.Tensor]:
+        return (p.detach() for p in self.raw_model.parameters())
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.model(self.to_device(x), self.to_device(y))[1]
+
+    def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        data_s = 0.0
+        for micro in range(self.local_accum):
+            t0 = time.perf_counter()
+            x, y = next_batch()
+            data_s += time.perf_counter() - t0
+            with self._sync_gradients(last=micro == self.local_accum - 1):
+                loss = self.loss(x, y)
+                self.scaler.scale(loss / self.local_accum).backward()
+            total += loss.detach().float()
+        norm, applied = self._apply()
+        return StepResult(total / self.local_accum, norm, applied, data_s, self.optimizer.param_groups[0]["lr"])
+
+    def _apply(self) -> tuple[torch.Tensor, bool]:
+        """Clip and step, unless the gradients hold a NaN or Inf: then drop them. Returns (norm, applied).
 
         Under DDP the gradients are already all-reduced here, so every rank makes the same
-        call. With fp16 the GradScaler owns overflow handling (it skips and lowers its scale).
+        call. With fp16 the GradScaler finds overflows itself: it skips the step and lowers
+        its scale, which is how a skipped fp16 step shows.
         """
         self.scaler.unscale_(self.optimizer)
-        params = self.raw_model.parameters()
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
         if self.grad_clip > 0.0:
             norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-        self.last_grad_norm = norm.detach()
-        finite = self.scaler.is_enabled() or bool(torch.isfinite(norm))
-        if finite:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        applied = bool(torch.isfinite(norm))
+        if self.scaler.is_enabled():
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
-        self.scaler.update()
+            self.scaler.update()
+            applied = applied and self.scaler.get_scale() >= scale
+        elif applied:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return finite
+        return norm.detach(), applied
 
-    def save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
-        """Rank 0 writes ckpt.pt atomically; the others wait so nobody runs ahead of a half-written file."""
-        path = checkpoint_path(out_dir)
-        bad = [n for n, p in self.raw_model.named_parameters() if not bool(torch.isfinite(p).all())]
-        if bad:  # never let a checkpoint carry NaN/Inf: the previous good one stays the one to resume from
-            raise GPTError(f"refusing to save a checkpoint: parameters {bad[:3]} hold NaN/Inf. "
-                           f"The previous checkpoint in {out_dir} is intact; resume from it with a lower --learning_rate.")
+    def _save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
+        """Rank 0 writes the file; the others wait so nobody runs ahead of a half-written checkpoint."""
         if self.denv.is_main:
             save_checkpoint({**trainer_state, "model": self.raw_model.state_dict(),
                              "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()},
                             out_dir, keep_last=keep_last, best=best)
         barrier()
-        return path
+        return checkpoint_path(out_dir)
 
     def load(self, out_dir: Path, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         ckpt = load_checkpoint(checkpoint_path(out_dir), map_location="cpu")
@@ -69,6 +96,3 @@ class SingleStrategy(Strategy):
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         return ckpt
-
-    def has_checkpoint(self, out_dir: Path) -> bool:
-        return checkpoint_path(out_dir).is_file()

@@ -5,14 +5,13 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from gpt.build import build_run
+from gpt.config import load_config
+from gpt.trainer import Trainer
 
-from gpt.config import load_config  # noqa: E402
-from gpt.trainer import Trainer  # noqa: E402
-
-trainer = Trainer(load_config(sys.argv[1:]))
-trainer.run()
+run = build_run(load_config(sys.argv[1:]))
+Trainer(run).run()
 digest = hashlib.sha256()
-for name, p in sorted(trainer.strategy.raw_model.state_dict().items()):
+for name, p in sorted(run.model.state_dict().items()):
     digest.update(name.encode() + p.detach().cpu().numpy().tobytes())
-Path(trainer.cfg.train.out_dir, f"params_rank{os.environ['RANK']}.json").write_text(json.dumps(digest.hexdigest()))
+Path(run.cfg.train.out_dir, f"params_rank{os.environ['RANK']}.json").write_text(json.dumps(digest.hexdigest()))

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, tiny_argv
+from tests.conftest import REPO, script_env, tiny_argv
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -21,10 +20,8 @@ def free_port() -> int:
 
 
 def job_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GPT_DEBUG")}
     # two ranks on two cores: one thread each, or they spin against each other
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", DS_ACCELERATOR="cpu")
-    return env
+    return script_env(RANK=None, LOCAL_RANK=None, WORLD_SIZE=None, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu")
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -55,8 +52,9 @@ def assert_close(got: dict[int, float], expected: dict[int, float], tol: float) 
 
 def single_process_run(data_dir: Path, out_dir: Path, overrides: dict) -> Path:
     """The one-process run a distributed run must match: same config, in this process."""
+    from gpt.build import build_run
     from gpt.config import load_config
     from gpt.trainer import Trainer
 
-    Trainer(load_config(tiny_argv(data_dir, out_dir, **overrides))).run()
+    Trainer(build_run(load_config(tiny_argv(data_dir, out_dir, **overrides)))).run()
     return out_dir

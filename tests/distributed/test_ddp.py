@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from gpt.build import build_run
 from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.trainer import Trainer
@@ -32,7 +33,7 @@ def test_two_ddp_ranks_match_one_process_and_stay_identical(tiny_data, single_ru
 def test_a_run_saved_by_two_ranks_resumes_on_one(tiny_data, single_run, tmp_path):
     first = torchrun(tiny_argv(tiny_data, tmp_path, **{**COMMON, "max_iters": 12}))
     assert first.returncode == 0, first.stderr[-3000:]
-    resumed = Trainer(load_config(tiny_argv(tiny_data, tmp_path, **COMMON, init_from="resume"))).run()
+    resumed = Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, **COMMON, init_from="resume")))).run()
     assert resumed.iters == 20
     assert_close(losses(tmp_path), losses(single_run), 1e-3)
 
@@ -72,4 +73,4 @@ def test_strategy_misuse_is_explained(flags, words):
 def test_missing_deepspeed_says_how_to_install_or_use_ddp(tiny_data, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # makes `import deepspeed` fail
     with pytest.raises(GPTError, match=r"pip install deepspeed.*torchrun --nproc_per_node=N launch/train.py --strategy=ddp"):
-        Trainer(load_config(tiny_argv(tiny_data, tmp_path, strategy="deepspeed")))
+        Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, strategy="deepspeed"))))

@@ -14,7 +14,7 @@ def write(tmp_path, text: str):
 def test_no_arguments_means_the_shakespeare_char_config():
     cfg = load_config([])
     assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd, cfg.model.block_size) == (6, 6, 384, 256)
-    assert (cfg.data.batch_size, cfg.model.dropout, cfg.optim.learning_rate) == (64, 0.2, 1e-3)
+    assert (cfg.data.batch_size, cfg.train.dropout, cfg.optim.learning_rate) == (64, 0.2, 1e-3)
     assert (cfg.train.max_iters, cfg.optim.lr_decay_iters, cfg.optim.min_lr, cfg.optim.beta2) == (5000, 5000, 1e-4, 0.99)
     assert (cfg.optim.warmup_iters, cfg.train.eval_interval, cfg.train.eval_iters) == (100, 250, 200)
     assert (cfg.train.log_interval, cfg.train.out_dir) == (10, "out-shakespeare-char")
@@ -23,7 +23,7 @@ def test_no_arguments_means_the_shakespeare_char_config():
 def test_cpu_config_has_nanogpt_laptop_settings():
     cfg = load_config(["configs/shakespeare_char_cpu.yaml"])
     assert (cfg.model.block_size, cfg.data.batch_size, cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (64, 12, 4, 4, 128)
-    assert (cfg.model.dropout, cfg.train.max_iters, cfg.optim.lr_decay_iters, cfg.train.eval_iters) == (0.0, 2000, 2000, 20)
+    assert (cfg.train.dropout, cfg.train.max_iters, cfg.optim.lr_decay_iters, cfg.train.eval_iters) == (0.0, 2000, 2000, 20)
 
 
 def test_flags_override_the_file_with_typed_values(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from gpt.build import build_run
 from gpt.config import load_config
 from gpt.metrics import MetricsLogger
 from gpt.mfu import MFU, Peak
@@ -77,11 +78,11 @@ def test_durations_read_well():
 
 
 def test_a_training_run_leaves_a_plot_and_a_summary_and_resumes_its_history(tiny_data, tmp_path, capsys):
-    Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=4))).run()
+    Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, max_iters=4)))).run()
     first = capsys.readouterr().out
     assert "ETA" in first and "MFU" in first and "== eval at iter 4" in first and "== run summary" in first
     assert (tmp_path / "loss.png").read_bytes()[:8] == PNG_SIGNATURE
-    resumed = Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=8, init_from="resume")))
+    resumed = Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, max_iters=8, init_from="resume"))))
     resumed.run()
     assert sorted(resumed.metrics.evals) == [0, 4, 8] and sorted(resumed.metrics.train_steps) == list(range(8))
     summary = json.loads((tmp_path / "summary.json").read_text())

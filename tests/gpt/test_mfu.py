@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import gpt.mfu as mfu
-from gpt.config import ModelConfig
+from gpt.config import KernelConfig, ModelConfig
 from gpt.model import GPT
 
 
@@ -27,8 +27,8 @@ def test_parameter_count_behind_the_formula_is_the_models(bias):
 def test_formula_matches_the_flops_torch_counts_in_a_training_step():
     # math attention computes the full T×T square, as the formula counts it; LayerNorm weights and
     # biases are in N but do no matmul, hence a few per cent of slack
-    cfg = ModelConfig(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_embd=64, bias=True, attention="math")
-    model, x = GPT(cfg), torch.randint(0, 50, (3, 32))
+    cfg = ModelConfig(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_embd=64, bias=True)
+    model, x = GPT(cfg, kernels=KernelConfig(attention="math")), torch.randint(0, 50, (3, 32))
     with FlopCounterMode(display=False) as counter:
         _, loss = model(x, x)
         loss.backward()

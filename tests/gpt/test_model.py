@@ -4,18 +4,18 @@ import math
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from gpt.config import KernelConfig, ModelConfig
 from gpt.model import GPT
 
 
-def small(**kw) -> GPT:
+def small(attention: str = "auto", **kw) -> GPT:
     torch.manual_seed(0)
-    cfg = dict(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_embd=32, dropout=0.0, bias=True)
+    cfg = dict(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_embd=32, bias=True)
     cfg.update(kw)
-    return GPT(ModelConfig(**cfg))
+    return GPT(ModelConfig(**cfg), kernels=KernelConfig(attention=attention))
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["torch", "math"])
 def test_changing_a_future_token_never_changes_earlier_logits(attention):
     model = small(attention=attention).eval()
     idx = torch.randint(0, 50, (2, 20))
@@ -50,7 +50,7 @@ def test_a_tiny_model_overfits_one_batch():
 
 def test_parameter_count_matches_nanogpt_shakespeare_char():
     # nanoGPT's train_shakespeare_char.py model (vocab 65, bias off) reports "number of parameters: 10.65M"
-    model = GPT(ModelConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, dropout=0.2, bias=False))
+    model = GPT(ModelConfig(block_size=256, vocab_size=65, n_layer=6, n_head=6, n_embd=384, bias=False), dropout=0.2)
     assert model.num_params(non_embedding=False) == 10_745_088
     assert model.num_params() == 10_646_784
 
@@ -60,8 +60,8 @@ def test_output_head_is_tied_to_token_embedding():
     assert model.lm_head.weight is model.transformer.wte.weight
 
 
-def test_sdpa_and_math_attention_agree():
-    a, b = small(attention="sdpa").eval(), small(attention="math").eval()
+def test_torch_and_math_attention_agree():
+    a, b = small(attention="torch").eval(), small(attention="math").eval()
     idx = torch.randint(0, 50, (2, 32))
     with torch.no_grad():
         la, _ = a(idx)
@@ -69,7 +69,7 @@ def test_sdpa_and_math_attention_agree():
     torch.testing.assert_close(la, lb, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["torch", "math"])
 def test_kv_cache_forward_equals_full_forward(attention):
     model = small(attention=attention).eval()
     idx = torch.randint(0, 50, (2, 24))

@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from gpt.checkpoint import load_checkpoint, save_checkpoint
+from gpt.build import build_run
 from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.trainer import Trainer
@@ -14,7 +15,7 @@ from tests.conftest import tiny_argv
 
 
 def train(tiny_data, out_dir, **overrides):
-    return Trainer(load_config(tiny_argv(tiny_data, out_dir, **overrides))).run()
+    return Trainer(build_run(load_config(tiny_argv(tiny_data, out_dir, **overrides)))).run()
 
 
 def records(out_dir, kind):
@@ -69,12 +70,12 @@ def test_checkpoint_is_saved_only_when_val_improves_unless_always(tiny_data, tmp
 def test_resume_with_another_model_shape_names_the_difference(tiny_data, tmp_path):
     train(tiny_data, tmp_path, max_iters=2)
     with pytest.raises(GPTError, match="n_layer: checkpoint 2, this run 3"):
-        Trainer(load_config(tiny_argv(tiny_data, tmp_path, n_layer=3, init_from="resume")))
+        Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, n_layer=3, init_from="resume"))))
 
 
 def test_resume_without_checkpoint_is_explained(tiny_data, tmp_path):
     with pytest.raises(GPTError, match="no checkpoint at"):
-        Trainer(load_config(tiny_argv(tiny_data, tmp_path, init_from="resume")))
+        Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, init_from="resume"))))
 
 
 def test_bad_checkpoints_are_explained(tmp_path):

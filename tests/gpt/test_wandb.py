@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gpt.checkpoint import load_checkpoint
-from tests.conftest import REPO, run_script, tiny_argv
+from tests.conftest import REPO, run_script, script_env, tiny_argv
 
 wandb_pb = pytest.importorskip("wandb.proto.wandb_internal_pb2")
 
@@ -109,9 +109,10 @@ def test_no_key_and_no_mode_falls_back_to_offline_and_says_so_once(tiny_data, tm
 
 
 def test_without_wandb_log_wandb_is_never_imported(tiny_data, tmp_path):
-    code = ("import sys; from gpt.config import load_config; from gpt.trainer import Trainer; "
-            f"Trainer(load_config(sys.argv[1:])).run(); assert 'wandb' not in sys.modules, 'wandb was imported'")
+    code = ("import sys; from gpt.build import build_run; from gpt.config import load_config; from gpt.trainer import Trainer; "
+            "Trainer(build_run(load_config(sys.argv[1:]))).run(); assert 'wandb' not in sys.modules, 'wandb was imported'")
     args = tiny_argv(tiny_data, tmp_path, max_iters=2, eval_interval=2, lr_decay_iters=4)
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=script_env(), capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (tmp_path / "wandb").exists()

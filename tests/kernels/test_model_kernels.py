@@ -6,9 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from gpt.config import ModelConfig, load_config
+from gpt.build import build_run
+from gpt.config import KernelConfig, ModelConfig, load_config
 from gpt.errors import GPTError
 from gpt.model import GPT
+from gpt.trainer import Trainer
+from tests.conftest import run_script, tiny_argv
 
 TRITON_OPS = dict(attention="triton", layernorm="triton", cross_entropy="triton")
 TORCH_OPS = dict(attention="math", layernorm="torch", cross_entropy="torch")
@@ -16,8 +19,8 @@ TORCH_OPS = dict(attention="math", layernorm="torch", cross_entropy="torch")
 
 def train_losses(steps: int = 3, dropout: float = 0.0, **ops) -> list[float]:
     torch.manual_seed(0)
-    model = GPT(ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=48, dropout=dropout,
-                            bias=True, **ops))
+    model = GPT(ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=48, bias=True),
+                dropout=dropout, kernels=KernelConfig(**ops))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     idx = torch.randint(0, 37, (2, 15), generator=torch.Generator().manual_seed(1))  # T=15: ragged tiles
     losses = []
@@ -48,7 +51,7 @@ def test_training_with_attention_dropout_in_the_kernel_learns():
 
 def test_the_ops_compile_as_one_graph():
     def step(q, x, w, b, logits, targets):
-        a = kernels.flash_attention(q, q, q, impl="triton")
+        a = kernels.attention(q, q, q, impl="triton")
         y = kernels.layer_norm(x, w, b, impl="triton")
         return a.sum() + y.sum() + kernels.cross_entropy(logits, targets, impl="triton")
 
@@ -68,7 +71,7 @@ def test_the_ops_compile_as_one_graph():
 
 def test_the_reference_ops_give_the_loss_the_model_always_computed():
     torch.manual_seed(0)
-    model = GPT(ModelConfig(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=16, **TORCH_OPS))
+    model = GPT(ModelConfig(block_size=8, vocab_size=11, n_layer=1, n_head=1, n_embd=16), kernels=KernelConfig(**TORCH_OPS))
     idx = torch.randint(0, 11, (2, 8))
     logits, loss = model(idx, idx)
     torch.testing.assert_close(loss, F.cross_entropy(logits.view(-1, 11).float(), idx.view(-1)))
@@ -76,8 +79,8 @@ def test_the_reference_ops_give_the_loss_the_model_always_computed():
 
 def test_the_gpt_on_triton_compiles_without_graph_breaks():
     torch.manual_seed(0)
-    model = GPT(ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=32, bias=False,
-                            fused_linear_loss=True, **TRITON_OPS))
+    model = GPT(ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=32, bias=False),
+                kernels=KernelConfig(fused_linear_loss=True, **TRITON_OPS))
     idx = torch.randint(0, 37, (2, 11))
     _, eager = model(idx, idx)
     torch._dynamo.reset()
@@ -88,8 +91,23 @@ def test_the_gpt_on_triton_compiles_without_graph_breaks():
 
 
 def test_config_keys_choose_the_ops_and_reject_unknown_ones():
-    cfg = load_config(["--attention=triton", "--layernorm=torch", "--cross_entropy=triton", "--fused_linear_loss=True"])
-    m = cfg.model
-    assert (m.attention, m.layernorm, m.cross_entropy, m.fused_linear_loss) == ("triton", "torch", "triton", True)
-    with pytest.raises(GPTError, match="--layernorm='fast' is not one of auto, triton, torch"):
+    cfg = load_config(["--attention=triton", "--layernorm=torch", "--cross_entropy=math", "--fused_linear_loss=True"])
+    k = cfg.kernels
+    assert (k.attention, k.layernorm, k.cross_entropy, k.fused_linear_loss) == ("triton", "torch", "math", True)
+    with pytest.raises(GPTError, match="--layernorm='fast' is not one of auto, triton, torch, math"):
         load_config(["--layernorm=fast"])
+    with pytest.raises(GPTError, match="--attention='sdpa' is not one of auto, triton, torch, math"):
+        load_config(["--attention=sdpa"])  # SDPA is attention's `torch` implementation, like every op's
+
+
+def test_a_checkpoint_trained_on_our_kernels_samples_on_cpu_without_the_interpreter(tiny_data, tmp_path):
+    argv = tiny_argv(tiny_data, tmp_path, max_iters=2, eval_interval=2, eval_iters=1, n_layer=1,
+                     attention="triton", layernorm="triton", cross_entropy="triton")
+    run = build_run(load_config(argv))
+    assert run.model.kernels == KernelConfig(**TRITON_OPS)
+    Trainer(run).run()
+    # the sampler in a process where our kernels cannot run (no GPU, no interpreter): torch's ops compute
+    sample = run_script("launch/sample.py", f"--out_dir={tmp_path}", "--start=ROMEO:", "--num_samples=1",
+                        "--max_new_tokens=20", f"--output_dir={tmp_path / 'samples'}", env={"TRITON_INTERPRET": None})
+    assert sample.returncode == 0, sample.stderr
+    assert (tmp_path / "samples" / "sample_001.txt").read_text().startswith("ROMEO:")

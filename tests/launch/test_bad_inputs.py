@@ -59,18 +59,20 @@ CASES = [
     ("data/prepare.py", ["--dataset=x", "--input=/no/such/dir"], {}, ["does not exist"]),
     ("data/prepare.py", ["--dataset=x"], {}, ["--input"]),
     ("launch/bench.py", ["warp-drive"], {}, ["unknown mode"]),
-    ("launch/export_checkpoint.py", ["--out_dir={run}"], {}, ["no DeepSpeed checkpoint"]),
+    ("launch/export_checkpoint.py", ["--out_dir={out}/nothing", "--output_dir={out}/plain"], {}, ["no checkpoint at"]),
+    ("launch/export_checkpoint.py", ["--out_dir={run}", "--output_dir={run}"], {}, ["--output_dir must differ"]),
 ]
 
 
 @pytest.fixture(scope="module")
 def places(tiny_data, tmp_path_factory):
+    from gpt.build import build_run
     from gpt.config import load_config
     from gpt.trainer import Trainer
 
     root = tmp_path_factory.mktemp("bad")
     run = root / "run"
-    Trainer(load_config(tiny_argv(tiny_data, run, max_iters=2, eval_interval=2))).run()
+    Trainer(build_run(load_config(tiny_argv(tiny_data, run, max_iters=2, eval_interval=2)))).run()
     (root / "bad.yaml").write_text("n_layer: [2\n")
     (root / "corrupt").mkdir()
     (root / "corrupt" / "ckpt.pt").write_bytes(b"\x00" * 100)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -10,13 +9,12 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from tests.conftest import REPO
+from tests.conftest import REPO, script_env
 
 
 def env() -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "GPT_DEBUG")}
-    e.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # same threads in every run: same float order
-    return e
+    # the same threads in every run: the same float order
+    return script_env(RANK=None, LOCAL_RANK=None, WORLD_SIZE=None, OMP_NUM_THREADS="1")
 
 
 def start(args: list[str], preexec: Optional[Callable[[], None]] = None, cmd: Optional[list[str]] = None,

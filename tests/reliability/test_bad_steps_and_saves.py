@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from gpt.checkpoint import load_checkpoint
+from gpt.build import build_run
 from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.trainer import Trainer
@@ -14,42 +15,43 @@ from tests.conftest import tiny_argv
 from tests.reliability.runs import train
 
 
-def poisoned(trainer: Trainer, bad_iters) -> None:
-    """Make the loss NaN on the given optimizer steps, as a corrupt batch or an overflow would."""
-    clean = trainer._loss
+def poisoned(trainer, bad_iters):
+    """Make the training loss NaN at the given iterations, as a numerical blow-up would."""
+    model = trainer.built.model
+    clean = model.forward
 
-    def loss(x, y):
-        value = clean(x, y)
-        return value * math.nan if trainer.strategy.model.training and trainer.iter_num in bad_iters else value
+    def forward(*args, **kwargs):
+        logits, loss = clean(*args, **kwargs)
+        if model.training and trainer.iter_num in bad_iters:
+            loss = loss * math.nan
+        return logits, loss
 
-    trainer._loss = loss
+    model.forward = forward
 
 
 def test_a_nan_step_is_skipped_and_the_checkpoint_stays_finite(tiny_data, tmp_path, capsys):
-    trainer = Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=8, eval_interval=4)))
+    trainer = Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, max_iters=8, eval_interval=4))))
     poisoned(trainer, {3})
-    before = {}
+    weights = {}
+    step = trainer.step
 
-    def remember(step=trainer.train_step):
-        if trainer.iter_num == 3:
-            before.update({k: v.clone() for k, v in trainer.strategy.raw_model.state_dict().items()})
-        loss = step()
-        if trainer.iter_num == 4:  # the skipped step left every weight as it was
-            after = trainer.strategy.raw_model.state_dict()
-            assert all(torch.equal(before[k], after[k]) for k in before)
-        return loss
+    def remember():
+        weights[trainer.iter_num] = {k: v.clone() for k, v in trainer.built.model.state_dict().items()}
+        return step()
 
-    trainer.train_step = remember
+    trainer.step = remember
     summary = trainer.run()
     printed = capsys.readouterr().out
     assert "iter 3: non-finite gradients" in printed and "step skipped (1 in a row" in printed
+    assert all(torch.equal(weights[3][k], weights[4][k]) for k in weights[3])  # the skipped step changed nothing
+    assert not all(torch.equal(weights[4][k], weights[5][k]) for k in weights[4])  # the next one trained
     assert summary.iters == 8 and math.isfinite(summary.best_val_loss)
     ckpt = load_checkpoint(tmp_path)
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
 def test_too_many_bad_steps_in_a_row_stop_the_run_clearly(tiny_data, tmp_path):
-    trainer = Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=20, eval_interval=4, max_bad_steps=3)))
+    trainer = Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, max_iters=20, eval_interval=4, max_bad_steps=3))))
     poisoned(trainer, set(range(5, 20)))
     with pytest.raises(GPTError, match=r"3 steps in a row had NaN/Inf gradients"):
         trainer.run()
@@ -78,11 +80,11 @@ def test_a_save_on_a_full_disk_fails_clearly_and_keeps_the_old_checkpoint(tiny_d
 
 
 def test_weights_with_nan_are_never_saved(tiny_data, tmp_path):
-    trainer = Trainer(load_config(tiny_argv(tiny_data, tmp_path, max_iters=4, eval_interval=4)))
+    trainer = Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, max_iters=4, eval_interval=4))))
     trainer.run()
     before = (tmp_path / "ckpt.pt").read_bytes()
     with torch.no_grad():
-        trainer.strategy.raw_model.lm_head.weight[0, 0] = math.inf
+        trainer.built.model.lm_head.weight[0, 0] = math.inf
     with pytest.raises(GPTError, match="refusing to save"):
         trainer.save()
     assert (tmp_path / "ckpt.pt").read_bytes() == before

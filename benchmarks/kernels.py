@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 import kernels
 from gpt.errors import GPTError
-from gpt.flags import build_config, help_text, split_argv
+from gpt.flags import opt, parse_args
 
 USAGE = "usage: python launch/bench.py kernels [--key=value ...]"
 OPS = ("attention", "layernorm", "cross_entropy", "fused_linear")
@@ -31,19 +31,19 @@ OPS = ("attention", "layernorm", "cross_entropy", "fused_linear")
 
 @dataclasses.dataclass
 class KernelBenchConfig:
-    ops: str = ",".join(OPS)  # comma-separated subset
-    dtype: str = "auto"  # auto = bfloat16 on CUDA, float32 under the interpreter
-    batch: int = 8
-    heads: int = 12
-    seq_len: int = 1024
-    head_dim: int = 64
-    ln_rows: int = 8192
-    ln_dim: int = 768
-    tokens: int = 8192  # rows of the cross-entropy and fused linear loss
-    vocab: int = 50304
-    n_embd: int = 768
-    warmup: int = 3
-    iters: int = 20
+    ops: str = opt(",".join(OPS), "comma-separated subset of " + ", ".join(OPS))
+    dtype: str = opt("auto", "auto = bfloat16 on CUDA, float32 under the interpreter | float32 | float16 | bfloat16")
+    batch: int = opt(8, "attention: batch")
+    heads: int = opt(12, "attention: heads")
+    seq_len: int = opt(1024, "attention: sequence length")
+    head_dim: int = opt(64, "attention: head dim")
+    ln_rows: int = opt(8192, "layernorm: rows")
+    ln_dim: int = opt(768, "layernorm: row width")
+    tokens: int = opt(8192, "rows of the cross-entropy and fused linear loss")
+    vocab: int = opt(50304, "cross-entropy: vocabulary")
+    n_embd: int = opt(768, "fused linear loss: hidden width")
+    warmup: int = opt(3, "untimed calls before timing")
+    iters: int = opt(20, "timed calls per implementation")
 
 
 TINY = dict(batch=1, heads=2, seq_len=64, head_dim=32, ln_rows=64, ln_dim=96, tokens=32, vocab=500, n_embd=32,
@@ -202,11 +202,7 @@ def table(rows: list[Row]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if "--help" in argv or "-h" in argv:
-        print(help_text(KernelBenchConfig, USAGE))
-        return
-    _, overrides = split_argv(argv, allow_positional=False)
-    cfg = build_config(KernelBenchConfig, {}, overrides)
+    cfg = parse_args(KernelBenchConfig, argv, USAGE)
     if cfg.warmup < 0 or cfg.iters < 1:
         raise GPTError("--warmup must be >= 0 and --iters >= 1.")
     rows = run(cfg)

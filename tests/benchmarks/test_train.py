@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt import bench, mfu
-from gpt.config import ModelConfig, OptimConfig
+from benchmarks import train as bench
+from data.dataset import open_dataset
+from gpt import mfu
+from gpt.config import ModelConfig, OptimConfig, load_config
 from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.optim import build_optimizer
@@ -17,7 +19,7 @@ from tests.conftest import tiny_argv
 
 def losses(cfg, name: str, steps: int = 4) -> list[float]:
     """The per-step train losses of one variant, from the same weights and batches as every other."""
-    runner = bench.Runner(bench.parse_variant(name, cfg), cfg, torch.device("cpu"), bench.open_data(cfg))
+    runner = bench.Runner(bench.parse_variant(name, cfg), cfg)
     try:
         return [runner.step()[2] for _ in range(steps)]
     finally:
@@ -41,14 +43,14 @@ def test_bench_runs_a_tiny_config_and_prints_the_table_last(tiny_data, tmp_path,
     assert out[-7].startswith("| variant | AdamW | dtype |")
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out[-5:]]
     assert [r[0] for r in rows] == ["baseline", "fused", "math+foreach", "bf16", "default"]
-    assert [r[1:5] for r in rows] == [["loop", "float32", "no", "sdpa"], ["fused", "float32", "no", "sdpa"],
-                                      ["foreach", "float32", "no", "math"], ["loop", "bfloat16", "no", "sdpa"],
+    assert [r[1:5] for r in rows] == [["loop", "float32", "no", "torch"], ["fused", "float32", "no", "torch"],
+                                      ["foreach", "float32", "no", "math"], ["loop", "bfloat16", "no", "torch"],
                                       ["fused", "float32", "no", "auto"]]  # the config as the trainer runs it
     assert rows[0][-1] == "1.00x"
     tokens_per_s = [float(r[6].replace(",", "")) for r in rows]
     mfu_pct = [float(r[7].rstrip("%")) for r in rows]
     config, _ = bench.parse(tiny_argv(tiny_data, tmp_path))
-    bench.open_data(config)  # sets the vocabulary
+    config.model.vocab_size = open_dataset(tiny_data, "tiny").vocab_size  # as the run resolved it
     per_token = mfu.flops_per_token(config.model)
     for tps, pct in zip(tokens_per_s, mfu_pct):
         assert pct == pytest.approx(100 * per_token * tps / 5e10, rel=0.02, abs=0.06)
@@ -67,10 +69,10 @@ def test_the_cpu_default_is_the_fused_adamw_the_benchmark_chose():
     model = GPT(ModelConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
     assert build_optimizer(model, OptimConfig(), "cpu").defaults["fused"] is True
     assert build_optimizer(model, OptimConfig(), "mps").defaults["foreach"] is True
-    loop = build_optimizer(model, OptimConfig(), "cpu", impl="loop").defaults
+    loop = build_optimizer(model, OptimConfig(adamw_impl="loop"), "cpu").defaults
     assert not loop["fused"] and not loop["foreach"]
     with pytest.raises(GPTError, match="not one of"):
-        build_optimizer(model, OptimConfig(), "cpu", impl="turbo")
+        load_config(["--adamw_impl=turbo"])
 
 
 def test_bf16_autocast_and_math_attention_stay_close_to_fp32_eager(cfg):
@@ -106,7 +108,7 @@ def test_speedup_pairs_rounds_so_a_burst_of_load_in_one_round_does_not_decide_it
     peak = mfu.MFU(1000, mfu.Peak(1e12, "test"), 1)
 
     def result(ms: list[float]) -> bench.Result:
-        return bench.Result(bench.Variant("v", "loop", "float32", False, "sdpa"), ms, [0.0] * len(ms),
+        return bench.Result(bench.Variant("v", "loop", "float32", False, "torch"), ms, [0.0] * len(ms),
                             [1.0] * len(ms), 0.0, 0.0, 768, peak, iters=2)
 
     # the variant is twice as fast in the two quiet rounds; a burst of load hits it in round 2, the base in round 3

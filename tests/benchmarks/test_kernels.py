@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from gpt.errors import GPTError
-from kernels import bench
+from benchmarks import kernels as bench
 
 
 def test_bench_runs_tiny_under_the_interpreter_and_prints_the_table_last(capsys):

@@ -19,6 +19,7 @@ first variant, the median of its per-round ratios. The table comes last.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import statistics
@@ -28,34 +29,31 @@ from typing import Callable
 
 import torch
 
-from data.dataset import Dataset, open_dataset
-from data.loader import BatchLoader
+from gpt.build import build_run
 from gpt.config import REPO_ROOT, Config, validate
-from gpt.distributed import DistEnv
 from gpt.errors import GPTError
-from gpt.flags import build_config, field_specs, help_text, read_yaml, split_argv, unknown_key_error
+from gpt.flags import build_config, field_specs, opt, read_yaml, split_argv, unknown_key_error, wants_help, help_text
 from gpt.mfu import MFU, best_peak, flops_per_token
-from gpt.model import GPT
-from gpt.optim import build_optimizer, lr_at
-from gpt.runtime import resolve_device, resolve_dtype, seed_everything
-from gpt.strategy.single import SingleStrategy
+from gpt.runtime import resolve_device
+from gpt.trainer import Trainer
 
 USAGE = "usage: python launch/bench.py train [CONFIG.yaml] [--key=value ...] (training keys too, e.g. --batch_size=16)"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char_cpu.yaml"
 PROFILE_STEPS = 10
-CHANGES = ("baseline", "default", "loop", "foreach", "fused", "bf16", "compile", "math", "sdpa")
+CHANGES = ("baseline", "default", "loop", "foreach", "fused", "bf16", "compile", "math", "torch")
 
 
 @dataclasses.dataclass
 class TrainBenchConfig:
-    variants: str = "baseline,foreach,fused,math,bf16,compile,fused+compile,default"
-    rounds: int = 20  # timed rounds; each runs every variant for `iters` steps
-    iters: int = 3  # timed steps per variant per round: few, so a burst of load falls on every variant
-    warmup: int = 5  # untimed steps per variant before the rounds (the compile happens in the first)
-    loss_steps: int = 20  # the loss column averages this many last steps
-    cache_dir: str = ""  # TORCHINDUCTOR_CACHE_DIR for compiled variants; "" = the env's, else ~/.cache/gpt/inductor
-    threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
-    profile: str = ""  # a variant's name: after the rounds, profile 10 of its steps and print where the time goes
+    variants: str = opt("baseline,foreach,fused,math,bf16,compile,fused+compile,default",
+                        "comma-separated variants, each changes joined by '+': " + ", ".join(CHANGES))
+    rounds: int = opt(20, "timed rounds; each runs every variant for `iters` steps")
+    iters: int = opt(3, "timed steps per variant per round: few, so a burst of load falls on every variant")
+    warmup: int = opt(5, "untimed steps per variant before the rounds (the compile happens in the first)")
+    loss_steps: int = opt(20, "the loss column averages this many last steps")
+    cache_dir: str = opt("", "TORCHINDUCTOR_CACHE_DIR for compiled variants; '' = the env's, else ~/.cache/gpt/inductor")
+    threads: int = opt(0, "torch intra-op threads; 0 = torch's default (one per core)")
+    profile: str = opt("", "a variant's name: after the rounds, profile 10 of its steps and print where the time goes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +68,15 @@ class Variant:
 
 
 def parse_variant(name: str, cfg: Config) -> Variant:
-    """`fused+bf16+compile` -> a Variant; the baseline is loop AdamW, fp32, eager, SDPA."""
+    """`fused+bf16+compile` -> a Variant; the baseline is loop AdamW, fp32, eager, torch's attention (SDPA)."""
     parts = [p for p in name.split("+") if p]
     unknown = [p for p in parts if p not in CHANGES]
     if not parts or unknown:
         raise GPTError(f"--variants: {name!r} is not a variant: join changes with '+' from {', '.join(CHANGES)} "
                        "(e.g. fused+bf16+compile).")
-    v = Variant(name, "loop", "float32", False, "sdpa")
+    v = Variant(name, "loop", "float32", False, "torch")
     if "default" in parts:  # the config as the trainer runs it; later changes apply on top
-        v = Variant(name, "auto", cfg.train.dtype, cfg.train.compile, cfg.model.attention)
+        v = Variant(name, "auto", cfg.train.dtype, cfg.train.compile, cfg.kernels.attention)
     for p in parts:
         if p in ("loop", "foreach", "fused"):
             v = dataclasses.replace(v, optimizer=p)
@@ -86,7 +84,7 @@ def parse_variant(name: str, cfg: Config) -> Variant:
             v = dataclasses.replace(v, dtype="bfloat16")
         elif p == "compile":
             v = dataclasses.replace(v, compile=True)
-        elif p in ("math", "sdpa"):
+        elif p in ("math", "torch"):
             v = dataclasses.replace(v, attention=p)
     return v
 
@@ -131,45 +129,32 @@ class Result:
 
 
 class Runner:
-    """One variant's model, optimizer, strategy and loader, stepping as Trainer.train_step does."""
+    """One variant's run, built by gpt/build.py as launch/train.py builds it, stepped by the Trainer's own step."""
 
-    def __init__(self, variant: Variant, cfg: Config, device: torch.device, dataset: Dataset) -> None:
-        self.cfg = cfg
-        self.dtype = resolve_dtype(variant.dtype, device)
-        model_cfg = dataclasses.replace(cfg.model, attention=variant.attention)
-        seed_everything(cfg.train.seed)  # the same initial weights for every variant
-        model = GPT(model_cfg).to(device)
-        optimizer = build_optimizer(model, cfg.optim, device.type, impl=variant.optimizer)
-        self.strategy = SingleStrategy(DistEnv(), device, self.dtype, cfg.train.gradient_accumulation_steps,
-                                       cfg.optim.grad_clip)
-        self.strategy.wrap(model, optimizer, compile=variant.compile)
+    def __init__(self, variant: Variant, cfg: Config) -> None:
+        cfg = copy.deepcopy(cfg)  # the same seed, so the same initial weights and batches for every variant
+        cfg.optim.adamw_impl = variant.optimizer
+        cfg.train.dtype, cfg.train.compile, cfg.kernels.attention = variant.dtype, variant.compile, variant.attention
+        self.run = build_run(cfg, metrics=False, verbose=False)
+        self.trainer = Trainer(self.run)
         # the table names what ran: "auto" resolved to the optimizer and dtype actually built
-        adamw = "fused" if optimizer.defaults["fused"] else "foreach" if optimizer.defaults["foreach"] else "loop"
-        self.variant = dataclasses.replace(variant, optimizer=adamw, dtype=str(self.dtype).removeprefix("torch."))
-        self.loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size,
-                                  cfg.train.gradient_accumulation_steps, cfg.train.seed, sampling=cfg.data.sampling)
-        self.it = 0
+        defaults = self.run.strategy.optimizer.defaults
+        adamw = "fused" if defaults["fused"] else "foreach" if defaults["foreach"] else "loop"
+        self.variant = dataclasses.replace(variant, optimizer=adamw, dtype=str(self.run.dtype).removeprefix("torch."))
         self.step_ms: list[float] = []
         self.data_ms: list[float] = []
         self.losses: list[float] = []
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.run.dtype
+
     def step(self) -> tuple[float, float, float]:
         """One optimizer step: (step ms, ms spent waiting for batches, mean loss)."""
-        s = self.strategy
         start = time.perf_counter()
-        s.set_lr(lr_at(self.it, self.cfg.optim))
-        waited, total = 0.0, 0.0
-        for _ in range(s.local_accum):
-            t0 = time.perf_counter()
-            x, y = self.loader.next_batch()
-            waited += time.perf_counter() - t0
-            with s.autocast():
-                _, loss = s.model(x, y)
-            s.backward(loss)
-            total += loss.item()
-        s.step()
-        self.it += 1
-        return (time.perf_counter() - start) * 1e3, waited * 1e3, total / s.local_accum
+        result = self.trainer.step()
+        loss = float(result.loss)  # waits for the step to finish, as a logged step would
+        return (time.perf_counter() - start) * 1e3, result.data_s * 1e3, loss
 
     def timed(self, n: int) -> None:
         for _ in range(n):
@@ -193,7 +178,7 @@ class Runner:
         return peak / 2**20
 
     def close(self) -> None:
-        self.loader.close()
+        self.run.loader.close()
 
 
 def profile_steps(runner: Runner, steps: int) -> str:
@@ -205,14 +190,6 @@ def profile_steps(runner: Runner, steps: int) -> str:
             runner.step()
     ops = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20)
     return f"\nprofile of {runner.variant.name}, {steps} steps (self CPU time per op):\n{ops}"
-
-
-def open_data(cfg: Config) -> Dataset:
-    """The config's dataset; an unset vocab_size is taken from it, as the trainer does."""
-    dataset = open_dataset(cfg.data.data_dir, cfg.data.dataset, cfg.data.data_format)
-    if cfg.model.vocab_size is None:
-        cfg.model.vocab_size = dataset.vocab_size
-    return dataset
 
 
 def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print) -> list[Result]:
@@ -232,13 +209,11 @@ def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = bench.cache_dir
     if bench.threads:
         torch.set_num_threads(bench.threads)
-    dataset = open_data(cfg)
-    tokens = cfg.train.gradient_accumulation_steps * cfg.data.batch_size * cfg.model.block_size
     runners: list[Runner] = []
     first: dict[str, float] = {}
     try:
         for v in variants:
-            r = Runner(v, cfg, device, dataset)
+            r = Runner(v, cfg)
             runners.append(r)
             t0 = time.perf_counter()
             r.step()
@@ -256,9 +231,9 @@ def run(cfg: Config, bench: TrainBenchConfig, say: Callable[[str], None] = print
             say(profile_steps(next(r for r in runners if r.variant.name == bench.profile), PROFILE_STEPS))
         results = []
         for r in runners:
-            mfu = MFU(flops_per_token(cfg.model), best_peak(device, r.dtype, say), 1)
+            mfu = MFU(flops_per_token(r.run.cfg.model), best_peak(device, r.dtype, say), 1)
             results.append(Result(r.variant, r.step_ms, r.data_ms, r.losses, first[r.variant.name],
-                                  r.peak_step_mib(), tokens, mfu, bench.iters))
+                                  r.peak_step_mib(), r.run.tokens_per_iter, mfu, bench.iters))
         return results
     finally:
         for r in runners:
@@ -304,9 +279,9 @@ def parse(argv: list[str]) -> tuple[Config, TrainBenchConfig]:
 
 
 def main(argv: list[str]) -> None:
-    if "--help" in argv or "-h" in argv:
+    if wants_help(argv):
         print(help_text(TrainBenchConfig, USAGE) + "\n\nand every training key: python launch/train.py --help")
-        return
+        raise SystemExit(0)
     cfg, bench = parse(argv)
     results = run(cfg, bench)
     m = cfg.model

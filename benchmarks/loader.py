@@ -27,22 +27,22 @@ import numpy as np
 from data.splits import SplitWriter
 from data.subword import GPT2_VOCAB, gpt2_meta
 from gpt.errors import GPTError
-from gpt.flags import build_config, help_text, split_argv
+from gpt.flags import opt, parse_args
 
 USAGE = "usage: python launch/bench.py loader [--sizes_gb=2,8] [--seconds=10] [--key=value ...]"
 
 
 @dataclasses.dataclass
 class LoaderBenchConfig:
-    sizes_gb: str = "2,8"            # corpus sizes, GB of uint16 tokens on disk
-    sampling: str = "random,sequential"
-    seconds: float = 10.0            # measured time per (size, sampling)
-    batch_size: int = 16
-    block_size: int = 1024
-    ranks: int = 8                   # simulated data-parallel ranks, all in one process
-    shard_tokens: int = 25_000_000   # 50 MB shards: 8 GB = 160 shards
-    prefetch: int = 4
-    tmp_dir: str = tempfile.gettempdir()
+    sizes_gb: str = opt("2,8", "corpus sizes, GB of uint16 tokens on disk")
+    sampling: str = opt("random,sequential", "sampling orders to measure")
+    seconds: float = opt(10.0, "measured time per (size, sampling)")
+    batch_size: int = opt(16, "sequences per micro-batch")
+    block_size: int = opt(1024, "tokens per sequence")
+    ranks: int = opt(8, "simulated data-parallel ranks, all in one process")
+    shard_tokens: int = opt(25_000_000, "tokens per shard (50 MB: 8 GB = 160 shards)")
+    prefetch: int = opt(4, "micro-batches prepared ahead by the background thread")
+    tmp_dir: str = opt(tempfile.gettempdir(), "where the synthetic corpus is written (and deleted after)")
 
 
 def rss_mb() -> float:
@@ -110,11 +110,7 @@ def measure(root: str, sampling: str, cfg: LoaderBenchConfig) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    if "--help" in argv or "-h" in argv:
-        print(help_text(LoaderBenchConfig, USAGE))
-        return
-    _, overrides = split_argv(argv, allow_positional=False)
-    cfg = build_config(LoaderBenchConfig, {}, overrides)
+    cfg = parse_args(LoaderBenchConfig, argv, USAGE)
     sizes = [float(s) for s in cfg.sizes_gb.split(",") if s]
     samplings = [s for s in cfg.sampling.split(",") if s]
     free_gb = shutil.disk_usage(cfg.tmp_dir).free / 1e9

@@ -1,5 +1,5 @@
 """The loader benchmark runs end to end on a tiny corpus and cleans up after itself."""
-from data.bench import main
+from benchmarks.loader import main
 
 
 def test_loader_bench_smoke(tmp_path, capsys):

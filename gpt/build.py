@@ -1,0 +1,176 @@
+"""The composition root: one function turns a validated Config into every piece of a run.
+
+`build_run(cfg)` reads the launcher's environment, picks the device and precision, opens
+the dataset, resolves what the config leaves to the data (the vocabulary size) or to the
+machine (the world size's share of gradient accumulation), builds the model, optimizer,
+strategy and loader, restores a checkpoint when the run resumes, and opens the metrics.
+Every cross-field check that needs the data or the machine is made here, once; the
+Trainer then only loops. Benchmarks and tests build through this same function.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+import kernels
+from data.dataset import Dataset, open_dataset
+from data.loader import BatchLoader, local_micro_batches
+from gpt.atomic import write_text_atomic
+from gpt.checkpoint import check_resumable, has_checkpoint
+from gpt.config import Config
+from gpt.distributed import DistEnv, init_process_group, rank_device, read_env
+from gpt.errors import GPTError
+from gpt.metrics import MetricsLogger
+from gpt.mfu import MFU
+from gpt.model import GPT
+from gpt.optim import build_optimizer
+from gpt.runtime import enable_fast_matmul, resolve_device, resolve_dtype, rng_state, seed_everything, set_rng_state
+from gpt.strategy import build_strategy, choose_strategy
+from gpt.strategy.base import Strategy
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training loop needs, built and checked."""
+
+    cfg: Config
+    denv: DistEnv
+    device: torch.device
+    dtype: torch.dtype
+    dataset: Dataset
+    model: GPT  # the bare model; the strategy holds its wrapped, possibly compiled, form
+    strategy: Strategy
+    loader: BatchLoader
+    metrics: Optional[MetricsLogger]  # rank 0 only
+    iter_num: int = 0  # where training starts: 0, or the resumed checkpoint's iteration
+    best_val_loss: float = math.inf
+    resumed: bool = False
+
+    @property
+    def tokens_per_iter(self) -> int:
+        c = self.cfg
+        return c.train.gradient_accumulation_steps * c.data.batch_size * c.model.block_size
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.out_dir)
+
+    def print(self, message: str) -> None:
+        """Print on rank 0 only."""
+        if self.denv.is_main:
+            print(message, flush=True)
+
+    def trainer_state(self, iter_num: int, best_val_loss: float) -> dict[str, Any]:
+        """What a checkpoint needs besides model and optimizer to continue exactly. Collective (gathers RNGs)."""
+        return {
+            "model_config": dataclasses.asdict(self.cfg.model),
+            "iter_num": iter_num,
+            "best_val_loss": best_val_loss,
+            "rng": self.strategy.gather(rng_state()),
+            "loader": self.loader.state_dict(),
+            "config": self.cfg.to_dict(),
+            "tokenizer": self.dataset.meta["tokenizer"],
+            "dataset": self.cfg.data.dataset,
+            "wandb_id": self.metrics.wandb_id if self.metrics else None,
+            "world_size": self.denv.world_size,
+            "strategy": self.strategy.name,
+        }
+
+
+def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: bool = True) -> Run:
+    """Build a run from a validated Config. Benchmarks pass `metrics=False` (no logger, nothing written to
+    out_dir) and `verbose=False` (no description of the run)."""
+    t = cfg.train
+    denv = read_env()
+    local_accum = local_micro_batches(t.gradient_accumulation_steps, denv.world_size)
+    device = rank_device(resolve_device(t.device), denv)
+    dtype = resolve_dtype(t.dtype, device)
+    enable_fast_matmul(device)
+    dataset = open_dataset(cfg.data.data_dir, cfg.data.dataset, cfg.data.data_format)
+    if cfg.model.vocab_size is None:
+        cfg.model.vocab_size = dataset.vocab_size
+    elif cfg.model.vocab_size < dataset.vocab_size:
+        raise GPTError(f"--vocab_size={cfg.model.vocab_size} is smaller than dataset {cfg.data.dataset!r}'s "
+                       f"vocabulary of {dataset.vocab_size}: leave it unset or make it larger.")
+
+    init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp")
+    strategy = build_strategy(cfg, denv, device, dtype, local_accum, debug=debug)
+    resuming = _should_resume(cfg, denv)
+    # every rank builds the same initial weights; dropout then draws from a per-rank stream
+    seed_everything(t.seed)
+    model = GPT(cfg.model, dropout=t.dropout, kernels=cfg.kernels).to(device)
+    strategy.wrap(model, build_optimizer(model, cfg.optim, device.type), compile=t.compile)
+    seed_everything(t.seed + 1 + denv.rank)
+    loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size, t.gradient_accumulation_steps, t.seed,
+                         denv.rank, denv.world_size, sampling=cfg.data.sampling)
+    run = Run(cfg, denv, device, dtype, dataset, model, strategy, loader, metrics=None)
+    wandb_id = _restore(run) if resuming else None
+    if metrics and denv.is_main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        run.metrics = MetricsLogger(
+            run.out_dir, cfg.to_dict(), resumed_at=run.iter_num if resuming else None, wandb_log=cfg.log.wandb_log,
+            wandb_project=cfg.log.wandb_project, wandb_run_name=cfg.log.wandb_run_name, wandb_id=wandb_id,
+            max_iters=t.max_iters, tokens_per_iter=run.tokens_per_iter, device=device,
+            mfu=MFU.for_run(cfg.model, device, dtype, denv.world_size))
+    if verbose:
+        _describe(run)
+    return run
+
+
+def _should_resume(cfg: Config, denv: DistEnv) -> bool:
+    """resume: a checkpoint must exist; auto: use one if it exists; scratch: never, except when torchrun
+    restarts a failed job (--max-restarts), which must pick up where it died."""
+    t = cfg.train
+    exists = has_checkpoint(t.out_dir)
+    if t.init_from == "resume" and not exists:
+        raise GPTError(f"no checkpoint at {Path(t.out_dir) / 'ckpt.pt'} to resume from. Train first, or use "
+                       "--init_from=auto (resume when there is one) or --init_from=scratch.")
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    if t.init_from == "scratch" and restarted and exists:
+        if denv.is_main:
+            print(f"torchrun restarted this job: resuming from {t.out_dir}", flush=True)
+        return True
+    return t.init_from == "resume" or (t.init_from == "auto" and exists)
+
+
+def _restore(run: Run) -> Optional[str]:
+    """Load the checkpoint into the built run: weights, optimizer, data position, RNG streams. Returns the W&B id."""
+    cfg = run.cfg
+    check = partial(check_resumable, model=cfg.model, tokenizer=run.dataset.meta["tokenizer"], out_dir=run.out_dir,
+                    dataset=cfg.data.dataset)
+    state = run.strategy.load(run.out_dir, check=check)
+    run.loader.load_state_dict(state["loader"])
+    rngs = state["rng"]
+    if len(rngs) == run.denv.world_size:
+        set_rng_state(rngs[run.denv.rank])
+    else:  # another world size: ranks' streams cannot carry over, so derive fresh ones from the step
+        seed_everything(cfg.train.seed + 1 + run.denv.rank + 1_000_003 * int(state["iter_num"]))
+    run.iter_num = int(state["iter_num"])
+    run.best_val_loss = float(state["best_val_loss"])
+    run.resumed = True
+    run.print(f"resuming from {run.out_dir} at iter {run.iter_num} "
+              f"(saved by {state.get('world_size', 1)} rank(s), now {run.denv.world_size})")
+    return state.get("wandb_id")
+
+
+def _describe(run: Run) -> None:
+    """The run's first lines: the model, its size, how the run is laid out, which kernels compute."""
+    cfg = run.cfg
+    run.print(json.dumps(dataclasses.asdict(cfg.model), indent=1))
+    run.print(f"parameters: {sum(p.numel() for p in run.model.parameters()):,} total, "
+              f"{run.model.num_params():,} without position embeddings")
+    run.print(f"strategy {run.strategy.name}, {run.denv.world_size} rank(s), device {run.device}, "
+              f"dtype {str(run.dtype).removeprefix('torch.')}, {run.tokens_per_iter:,} tokens per iteration")
+    run.print(f"{kernels.describe()}; asked: " + ", ".join(f"{f.name}={getattr(cfg.kernels, f.name)}"
+                                                         for f in dataclasses.fields(cfg.kernels)))
+    if cfg.train.compile:
+        run.print("compiling the model with torch.compile (the first eval and the first step are slow)...")
