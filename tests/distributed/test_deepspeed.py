@@ -55,7 +55,7 @@ def test_zero2_saves_and_resumes_with_the_same_losses(tiny_data, single_run, tmp
     assert "resuming from" in second.stdout
     worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
     print(f"ZeRO-2 (saved at 5, resumed) vs single, largest loss difference: {worst:.2e}")
-    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000010"]  # superseded tags are removed
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-0000010"]  # superseded tags are removed
 
 
 def test_single_process_zero0_without_a_launcher(tiny_data, single_run, tmp_path):
