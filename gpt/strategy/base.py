@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -33,6 +34,20 @@ class StepResult:
     applied: bool  # False when the step was skipped: non-finite gradients, or an fp16 overflow
     data_s: float  # seconds spent waiting for batches
     lr: float  # the learning rate the optimizer used, read back from it
+
+
+class MicroBatches:
+    """This rank's micro-batches of one step, as (last, x, y); `data_s` sums the time spent waiting for them."""
+
+    def __init__(self, next_batch: Callable[[], Batch], count: int):
+        self.next_batch, self.count, self.data_s = next_batch, count, 0.0
+
+    def __iter__(self) -> Iterator[tuple[bool, torch.Tensor, torch.Tensor]]:
+        for micro in range(self.count):
+            t0 = time.perf_counter()
+            x, y = self.next_batch()
+            self.data_s += time.perf_counter() - t0
+            yield micro == self.count - 1, x, y
 
 
 class Strategy(abc.ABC):

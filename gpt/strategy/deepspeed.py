@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,7 +22,7 @@ from gpt.checkpoint import commit_folder_checkpoint, entry_name, folder_client_s
 from gpt.distributed import DistEnv, barrier, ensure_single_process_env
 from gpt.errors import GPTError
 from gpt.model import GPT
-from gpt.strategy.base import Batch, StepResult, Strategy
+from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 from gpt.strategy.deepspeed_config import load_ds_config, resolve_ds_config
 
 
@@ -80,12 +79,9 @@ class DeepSpeedStrategy(Strategy):
             group["lr"] = lr
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
-        data_s = 0.0
-        for micro in range(self.local_accum):
-            t0 = time.perf_counter()
-            x, y = next_batch()
-            data_s += time.perf_counter() - t0
-            if self.engine.is_gradient_accumulation_boundary() != (micro == self.local_accum - 1):
+        batches = MicroBatches(next_batch, self.local_accum)
+        for last, x, y in batches:
+            if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation counter and the strategy's micro-steps disagree")
             loss = self.loss(x, y)
             if not self.engine_skips_nonfinite() and self.any_rank(not bool(torch.isfinite(loss.detach()))):
@@ -97,7 +93,8 @@ class DeepSpeedStrategy(Strategy):
             self.engine.step()
             total += loss.detach().float()
         return StepResult(total / self.local_accum, self.engine.get_global_grad_norm(),
-                          self.engine.skipped_steps == skipped, data_s, self.client_optimizer.param_groups[0]["lr"])
+                          self.engine.skipped_steps == skipped, batches.data_s,
+                          self.client_optimizer.param_groups[0]["lr"])
 
     def engine_skips_nonfinite(self) -> bool:
         """Whether the engine itself skips a step with NaN/Inf gradients (DeepSpeed 0.19): fp16 loss scaling
