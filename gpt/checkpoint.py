@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any, Optional
 
@@ -37,6 +38,10 @@ REQUIRED = ("model", "model_config", "iter_num", "config", "tokenizer")
 # pointer names: the torch-file form links them, the folder form writes the entry's name in them
 FILE_POINTERS = {"latest": "ckpt.pt", "best": "best.pt"}
 FOLDER_POINTERS = {"latest": "latest", "best": "best"}
+# Test-only fault injection: with GPT_TEST_KILL_IN_SAVE=N in the environment, a process writing the torch-file
+# checkpoint of iteration N kills itself (SIGKILL) once the temporary file is written and before it is renamed,
+# as kill -9 or a power cut mid-write would: tests/reliability checks that the previous checkpoint survives.
+KILL_IN_SAVE = "GPT_TEST_KILL_IN_SAVE"
 
 
 def entry_name(iter_num: int) -> str:
@@ -73,6 +78,8 @@ def save_checkpoint(state: dict[str, Any], out_dir: str | Path, keep_last: int =
         with open(tmp, "wb") as f:
             torch.save({"format": FORMAT, "version": VERSION, **state}, f)
             f.flush()
+            if os.environ.get(KILL_IN_SAVE) == str(state.get("iter_num")):
+                os.kill(os.getpid(), signal.SIGKILL)
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _link(out / FILE_POINTERS["latest"], final)

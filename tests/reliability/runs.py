@@ -1,7 +1,6 @@
 """Helpers to start, watch and kill real training processes."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -9,33 +8,28 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
 from tests.conftest import REPO, script_env
 
 
-def env() -> dict[str, str]:
-    # the same threads in every run: the same float order
-    return script_env(RANK=None, LOCAL_RANK=None, WORLD_SIZE=None, OMP_NUM_THREADS="1")
+def env(**changes: str) -> dict[str, str]:
+    # as many threads as this process, whose in-process reference runs these are compared with bit for bit
+    return script_env(RANK=None, LOCAL_RANK=None, WORLD_SIZE=None, OMP_NUM_THREADS=str(torch.get_num_threads()),
+                      **changes)
 
 
-def start(args: list[str], preexec: Optional[Callable[[], None]] = None, cmd: Optional[list[str]] = None,
-          log: Optional[Path] = None) -> subprocess.Popen:
-    """Start a run; with `log`, its output goes to that file (nobody has to drain a pipe while we poll)."""
-    sink = open(log, "w") if log else subprocess.PIPE
-    return subprocess.Popen(cmd or [sys.executable, str(REPO / "launch/train.py"), *args], cwd=REPO, env=env(),
-                            stdout=sink, stderr=subprocess.STDOUT if log else subprocess.PIPE, text=True,
-                            preexec_fn=preexec)
+def start(args: list[str], preexec: Optional[Callable[[], None]] = None, env_changes: Optional[dict[str, str]] = None
+          ) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(REPO / "launch/train.py"), *args], cwd=REPO, env=env(**(env_changes or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec)
 
 
-def train(args: list[str], **kw) -> subprocess.CompletedProcess:
-    proc = start(args, **kw)
+def train(args: list[str], preexec: Optional[Callable[[], None]] = None, env: Optional[dict[str, str]] = None
+          ) -> subprocess.CompletedProcess:
+    proc = start(args, preexec, env)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def train_losses(out_dir: Path) -> dict[int, float]:
-    path = Path(out_dir) / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["iter"]: r["loss"] for r in records if r["kind"] == "train"}
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120, poll: float = 0.002) -> bool:
