@@ -10,7 +10,6 @@ final weights. Faults, from the environment:
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 from gpt.build import build_run

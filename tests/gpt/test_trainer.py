@@ -142,7 +142,7 @@ def signal_at(trainer: Trainer, it: int, *signals: int) -> None:
     trainer.step = step_and_signal
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_finishes_the_step_saves_and_stops(tiny_data, tmp_path, capsys, sig):
     trainer = trainer_for(tiny_data, tmp_path, max_iters=12)
     signal_at(trainer, 5, sig)
