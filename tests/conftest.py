@@ -79,7 +79,9 @@ def logged(out_dir: Path, key: str = "loss") -> dict[int, float]:
     """{iter: value} of one key of a run's metrics.jsonl: train lines have loss, lr, grad_norm; evals
     train_loss and val_loss."""
     lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
-    return {r["iter"]: r[key] for r in map(json.loads, lines) if key in r}
+    values = [(r["iter"], r[key]) for r in map(json.loads, lines) if key in r]
+    assert len({i for i, _ in values}) == len(values), f"an iteration is logged twice in {out_dir}/metrics.jsonl"
+    return dict(values)
 
 
 def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:

@@ -142,22 +142,38 @@ def signal_at(trainer: Trainer, it: int, *signals: int) -> None:
     trainer.step = step_and_signal
 
 
+@pytest.fixture
+def unhandled_signals():
+    """Signals that reach this test's own handlers, not a run's: the list stays empty while a run handles them
+    (and a run without handlers fails its test instead of interrupting or terminating pytest)."""
+    reached: list[str] = []
+    originals = {sig: signal.signal(sig, lambda signum, frame: reached.append(signal.Signals(signum).name))
+                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield reached
+    finally:
+        for sig, handler in originals.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_finishes_the_step_saves_and_stops(tiny_data, tmp_path, capsys, sig):
+def test_a_signal_finishes_the_step_saves_and_stops(tiny_data, tmp_path, capsys, unhandled_signals, sig):
     trainer = trainer_for(tiny_data, tmp_path, max_iters=12)
     signal_at(trainer, 5, sig)
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     assert trainer.run().iters == 6
+    assert unhandled_signals == []
     assert f"stopping at iter 6 ({sig.name})" in capsys.readouterr().out
     assert load_checkpoint(tmp_path)["iter_num"] == 6
     assert {s: signal.getsignal(s) for s in handlers} == handlers  # the run's handlers are gone with it
 
 
-def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_data, tmp_path):
+def test_a_second_ctrl_c_stops_at_once_without_saving(tiny_data, tmp_path, unhandled_signals):
     trainer = trainer_for(tiny_data, tmp_path, max_iters=12)
     signal_at(trainer, 5, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
+    assert unhandled_signals == []
     assert load_checkpoint(tmp_path)["iter_num"] == 4  # the eval save before; nothing after the second Ctrl-C
 
 
