@@ -104,9 +104,10 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
     init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp")
     strategy = build_strategy(cfg, denv, device, dtype, local_accum, debug=debug)
     resuming = _should_resume(cfg, denv)
-    # every rank builds the same initial weights; dropout then draws from a per-rank stream
+    # every rank builds the same initial weights (sharded strategies keep only their shards of them);
+    # dropout then draws from a per-rank stream
     seed_everything(t.seed)
-    model = GPT(cfg.model, dropout=t.dropout, kernels=cfg.kernels).to(device)
+    model = strategy.build_model(partial(GPT, cfg.model, dropout=t.dropout, kernels=cfg.kernels))
     strategy.wrap(model, build_optimizer(model, cfg.optim, device.type), compile=t.compile)
     seed_everything(t.seed + 1 + denv.rank)
     loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size, t.gradient_accumulation_steps, t.seed,

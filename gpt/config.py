@@ -24,7 +24,8 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char.yaml"
 
 INIT_FROM = ("scratch", "resume", "auto")
 ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
-STRATEGIES = ("auto", "single", "ddp", "deepspeed")
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
+FSDP_ACCUMULATION = ("auto", "unsharded", "sharded")
 
 
 @dataclasses.dataclass
@@ -99,7 +100,11 @@ class DistConfig:
     """How the run is spread over processes; see gpt/strategy/."""
 
     strategy: str = opt("auto", "auto (deepspeed under its launcher or with zero_stage, ddp with >1 process, else single) "
-                                "| single | ddp | deepspeed")
+                                "| single | ddp | fsdp (FSDP2: weights, gradients and optimizer sharded; only by name) "
+                                "| deepspeed")
+    fsdp_accumulation: str = opt("auto", "FSDP between micro-batches: unsharded (weights and gradients kept whole: "
+                                         "fewer collectives) | sharded (least memory) | auto (unsharded when they fit "
+                                         "in a quarter of free memory)")
     zero_stage: Optional[int] = opt(None, "DeepSpeed ZeRO stage 0-3; None = ds_config.json's")
     ds_config: str = opt("ds_config.json", "DeepSpeed settings; fields the training config owns are \"auto\"")
     local_rank: Optional[int] = opt(None, "passed by the deepspeed launcher and ignored: LOCAL_RANK is read from the environment")
@@ -178,6 +183,10 @@ def validate(cfg: Config) -> Config:
         if cfg.dist.strategy not in ("auto", "deepspeed"):
             raise GPTError(f"--zero_stage is a DeepSpeed setting but --strategy={cfg.dist.strategy}: "
                            "drop --zero_stage or use --strategy=deepspeed.")
+    choice("fsdp_accumulation", cfg.dist.fsdp_accumulation, FSDP_ACCUMULATION)
+    if cfg.dist.fsdp_accumulation != "auto" and cfg.dist.strategy != "fsdp":
+        raise GPTError(f"--fsdp_accumulation is an FSDP setting but --strategy={cfg.dist.strategy}: "
+                       "drop --fsdp_accumulation or use --strategy=fsdp.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
     choice("sampling", d.sampling, SAMPLING)

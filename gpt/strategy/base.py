@@ -61,6 +61,11 @@ class Strategy(abc.ABC):
         self.grad_clip = grad_clip
 
     # -- set-up ----------------------------------------------------------------------------------------
+    def build_model(self, make: Callable[[], GPT]) -> GPT:
+        """Construct the model the way this strategy holds it: whole on the device here; sharded strategies
+        (FSDP, ZeRO-3) build it so that no rank ever holds all of it, with the same initial weights."""
+        return make().to(self.device)
+
     @abc.abstractmethod
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         """Take ownership of the model and optimizer (compiling the model if asked)."""

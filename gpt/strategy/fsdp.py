@@ -1,0 +1,186 @@
+"""FSDP2: each rank holds 1/W of the weights, gradients and optimizer state; checkpoints reshard to any world size.
+
+Layout: `fully_shard` on each transformer block, then on the root (embeddings, final
+LayerNorm and the tied head form the root's group). Forward and backward all-gather one
+block's weights at a time; backward reduce-scatters each block's gradients into the
+shards. Gradients are the global batch's mean, as under DDP.
+
+Mixed precision: with --dtype=bfloat16, MixedPrecisionPolicy(param_dtype=bf16,
+reduce_dtype=fp32): weights are all-gathered and computed with in bf16, gradients
+reduce-scattered (and accumulated) in fp32 into the fp32 sharded parameters, which are the
+master weights AdamW updates. The run's autocast region stays on as for every other
+strategy, so LayerNorm, softmax and the loss still run in fp32. fp16 is refused: it would
+need a sharded GradScaler, and every GPU FSDP is worth running on has bf16.
+
+Build: the model is constructed with meta placeholders (gpt/strategy/sharded_init.py),
+sharded, allocated shard by shard (`to_empty`), and each shard receives exactly the rows a
+plain single-process build would have drawn for it. No rank holds the whole model.
+
+Gradient accumulation (`--fsdp_accumulation`): `unsharded` keeps the blocks' weights
+gathered and gradients unreduced between micro-batches (set_reshard_after_forward /
+set_reshard_after_backward / set_requires_gradient_sync off until the last one): one
+all-gather and one reduce-scatter per step, DDP's traffic, at the cost of holding whole
+weights and gradients during the step. `sharded` reshards and reduce-scatters after every
+micro-batch: 3x the traffic per micro-batch, the least memory. `auto` holds them when whole
+weights plus fp32 gradients take at most a quarter of the free memory of this rank's share of
+the device.
+
+Checkpoints: DCP folders (gpt/checkpoint.py), model and optimizer as sharded tensors keyed by
+parameter name, so a run saved by W ranks resumes on any other number.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from gpt.checkpoint import folder_client_state, load_sharded_checkpoint, require_form, save_sharded_checkpoint
+from gpt.distributed import DistEnv, init_process_group
+from gpt.errors import GPTError
+from gpt.model import GPT
+from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
+from gpt.strategy.sharded_init import MetaShards
+
+
+class FSDPStrategy(Strategy):
+    name = "fsdp"
+
+    def __init__(self, denv: DistEnv, device: torch.device, dtype: torch.dtype, local_accum: int, grad_clip: float,
+                 *, accumulation: str = "auto"):
+        super().__init__(denv, device, dtype, local_accum, grad_clip)
+        if dtype == torch.float16:
+            raise GPTError("--strategy=fsdp trains in float32 or bfloat16, not float16 (which would need a sharded "
+                           "loss scaler). Use --dtype=bfloat16, or --strategy=ddp / deepspeed for fp16.")
+        if device.type not in ("cpu", "cuda"):
+            raise GPTError(f"--strategy=fsdp runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device.type}: "
+                           "use --device=cuda or cpu, or --strategy=single.")
+        self.accumulation = accumulation
+        init_process_group(denv, device, always=True)  # FSDP needs a device mesh even for one process
+        self.mesh = init_device_mesh(device.type, (denv.world_size,))
+        self.mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if dtype == torch.bfloat16 else MixedPrecisionPolicy()
+
+    # -- set-up ----------------------------------------------------------------------------------------
+    def build_model(self, make: Callable[[], GPT]) -> GPT:
+        """Build on meta placeholders, shard each block then the root, allocate the shards, fill in our rows."""
+        shards = MetaShards(self.denv.rank, self.denv.world_size)
+        with shards.building():
+            model = make()
+        rows = shards.rows_by_name(model)
+        buffers = {name: b.clone() for name, b in model.named_buffers()}  # real values; to_empty would drop them
+        for block in model.transformer.h:
+            fully_shard(block, mesh=self.mesh, mp_policy=self.mp_policy)
+        fully_shard(model, mesh=self.mesh, mp_policy=self.mp_policy)
+        model.to_empty(device=self.device)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                local = p.to_local()
+                if local.shape != rows[name].shape:  # FSDP laid the shard out otherwise than DTensor's Shard(0)
+                    raise RuntimeError(f"FSDP's shard of {name} is {tuple(local.shape)}, expected "
+                                       f"{tuple(rows[name].shape)}")
+                local.copy_(rows[name])
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        return model
+
+    def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.blocks: list[FSDPModule] = list(model.transformer.h)
+        self.forward = torch.compile(model) if compile else model
+        self.keep_unsharded = self.local_accum > 1 and self._unsharded_fits()
+
+    def _unsharded_fits(self) -> bool:
+        """Whether to keep weights and gradients whole between micro-batches (see the module docstring)."""
+        if self.accumulation != "auto":
+            return self.accumulation == "unsharded"
+        numel = sum(p.numel() for p in self.model.parameters())
+        need = numel * (torch.finfo(self.mp_policy.param_dtype or torch.float32).bits // 8 + 4)
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        else:  # the ranks on this machine share its memory
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            free //= int(os.environ.get("LOCAL_WORLD_SIZE", self.denv.world_size))
+        fits = need <= free // 4
+        if self.denv.is_main:
+            how = "kept whole between them" if fits else "resharded after each"
+            print(f"FSDP: {self.local_accum} micro-batches per rank per step; weights and gradients {how} "
+                  f"({need / 2**30:.2f} GiB whole, {free / 2**30:.1f} GiB free per rank)", flush=True)
+        return fits
+
+    def _module(self) -> torch.nn.Module:
+        return self.forward
+
+    def _local_weights(self) -> Iterator[torch.Tensor]:
+        return (p.to_local().detach() for p in self.model.parameters())
+
+    # -- computing ---------------------------------------------------------------------------------------
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.autocast():
+            return self.forward(self.to_device(x), self.to_device(y))[1]
+
+    @contextlib.contextmanager
+    def evaluating(self) -> Iterator[None]:
+        with super().evaluating():
+            try:
+                yield
+            finally:
+                self.model.reshard()  # the root keeps its weights gathered after a forward that no backward follows
+
+    def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        batches = MicroBatches(next_batch, self.local_accum)
+        for block in self.blocks if self.keep_unsharded else ():
+            block.set_reshard_after_forward(False)
+        for last, x, y in batches:
+            if self.keep_unsharded:  # reduce-scatter and reshard once, after the last micro-batch's backward
+                self.model.set_requires_gradient_sync(last)
+                self.model.set_reshard_after_backward(last)
+            loss = self.loss(x, y)
+            (loss / self.local_accum).backward()
+            total += loss.detach().float()
+        for block in self.blocks if self.keep_unsharded else ():
+            block.set_reshard_after_forward(True)  # evaluation keeps one block gathered at a time
+        norm, applied = self._apply()
+        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"])
+
+    def _apply(self) -> tuple[torch.Tensor, bool]:
+        """Clip and step unless the global gradient norm is NaN/Inf (then every rank drops its shards' gradients)."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if isinstance(norm, DTensor):  # each rank's partial sum of squares: all-reduce it into the global norm
+            norm = norm.full_tensor()
+        applied = bool(torch.isfinite(norm))
+        if applied:
+            if self.grad_clip > 0.0:
+                torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.detach(), applied
+
+    # -- checkpoints -----------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        """Model and optimizer as state dicts of DTensors keyed by parameter name: what DCP writes and reads."""
+        model, optimizer = get_state_dict(self.model, self.optimizer)
+        return {"model": model, "optimizer": optimizer}
+
+    def _save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
+        return save_sharded_checkpoint(self._state(), trainer_state, out_dir, keep_last, best, self.denv.is_main)
+
+    def load(self, out_dir: Path, check: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        require_form(out_dir, "dcp", self.name)
+        saved = folder_client_state(out_dir)
+        check(saved)
+        state = self._state()
+        load_sharded_checkpoint(state, out_dir)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        return saved
