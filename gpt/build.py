@@ -167,8 +167,10 @@ def _describe(run: Run) -> None:
     """The run's first lines: the model, its size, how the run is laid out, which kernels compute."""
     cfg = run.cfg
     run.print(json.dumps(dataclasses.asdict(cfg.model), indent=1))
-    run.print(f"parameters: {sum(p.numel() for p in run.model.parameters()):,} total, "
-              f"{run.model.num_params():,} without position embeddings")
+    with torch.device("meta"):  # counted on a plain build's shapes: ZeRO-3 holds empty placeholders
+        shape = GPT(cfg.model)
+    run.print(f"parameters: {sum(p.numel() for p in shape.parameters()):,} total, "
+              f"{shape.num_params():,} without position embeddings")
     run.print(f"strategy {run.strategy.name}, {run.denv.world_size} rank(s), device {run.device}, "
               f"dtype {str(run.dtype).removeprefix('torch.')}, {run.tokens_per_iter:,} tokens per iteration")
     run.print(f"{kernels.describe()}; asked: " + ", ".join(f"{f.name}={getattr(cfg.kernels, f.name)}"

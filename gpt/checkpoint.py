@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -324,7 +325,9 @@ def _plain_from_dcp(out_dir: Path) -> dict[str, Any]:
     model = {key.removeprefix("model."): torch.empty(meta.size, dtype=meta.properties.dtype)
              for key, meta in metadata.state_dict_metadata.items()
              if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
-    dcp.load({"model": model}, checkpoint_id=entry, no_dist=True)
+    with warnings.catch_warnings():  # DCP warns that it loads in one process, which is what no_dist asks for
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": model}, checkpoint_id=entry, no_dist=True)
     return {"format": FORMAT, "version": VERSION, "model": _with_tied_names({k: v.float() for k, v in model.items()}),
             **{k: state[k] for k in PLAIN_KEYS if k in state}}
 
