@@ -46,7 +46,7 @@ from gpt.distributed import DistEnv, init_process_group
 from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
-from gpt.strategy.sharded_init import MetaShards
+from gpt.strategy.sharded_init import ShardFiller
 
 
 class FSDPStrategy(Strategy):
@@ -69,25 +69,14 @@ class FSDPStrategy(Strategy):
 
     # -- set-up ----------------------------------------------------------------------------------------
     def build_model(self, make: Callable[[], GPT]) -> GPT:
-        """Build on meta placeholders, shard each block then the root, allocate the shards, fill in our rows."""
-        shards = MetaShards(self.denv.rank, self.denv.world_size)
-        with shards.building():
-            model = make()
-        rows = shards.rows_by_name(model)
-        buffers = {name: b.clone() for name, b in model.named_buffers()}  # real values; to_empty would drop them
+        """Build on the meta device, shard each block then the root, allocate the shards, fill in our rows."""
+        filler = ShardFiller(make, self.denv.rank, self.denv.world_size)
+        model = filler.record()
         for block in model.transformer.h:
             fully_shard(block, mesh=self.mesh, mp_policy=self.mp_policy)
         fully_shard(model, mesh=self.mesh, mp_policy=self.mp_policy)
         model.to_empty(device=self.device)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                local = p.to_local()
-                if local.shape != rows[name].shape:  # FSDP laid the shard out otherwise than DTensor's Shard(0)
-                    raise RuntimeError(f"FSDP's shard of {name} is {tuple(local.shape)}, expected "
-                                       f"{tuple(rows[name].shape)}")
-                local.copy_(rows[name])
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
+        filler.fill(model)
         return model
 
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:

@@ -20,8 +20,7 @@ parameter during construction is refused with a GPTError rather than silently lo
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -68,47 +67,74 @@ class ShardedInit(TorchFunctionMode):
 
 
 def dim0_shard(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This rank's rows of `full` as DTensor's Shard(0) lays them out (torch.chunk's split; empty past the end)."""
+    """This rank's rows of `full` (a view) as DTensor's Shard(0) lays them out: torch.chunk's split, empty past the end."""
     chunks = torch.chunk(full, world, dim=0) if full.dim() > 0 and full.size(0) > 0 else ()
-    return chunks[rank].clone() if rank < len(chunks) else full.new_empty((0, *full.shape[1:]))
+    return chunks[rank] if rank < len(chunks) else full[0:0]
 
 
-class MetaShards:
-    """Parameters built as meta placeholders, of whose values this rank keeps only its dim-0 shard.
+class ShardFiller:
+    """Fill an FSDP model's local shards with exactly the weights a plain build of `make` would have.
 
-        shards = MetaShards(rank, world)
-        with shards.building():
-            model = make()                      # parameters are meta placeholders
-        rows = shards.rows_by_name(model)       # before fully_shard replaces the placeholders
+    Two constructions, neither holding the weights: first on the meta device, recording the order in which
+    parameters are registered and which name each ends up with (`record`); the caller shards that model and
+    allocates its shards (`to_empty`); then again (`fill`), with every new parameter swapped for a meta
+    placeholder as it is registered and every initialiser run through ShardedInit, which copies this rank's
+    rows of the result straight into the shard of the parameter registered in the same place. Rank memory
+    peaks at its shards plus one whole parameter.
     """
 
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world = rank, world
-        self.values: dict[int, torch.Tensor] = {}  # id(placeholder) -> this rank's rows
+    def __init__(self, make: Callable[[], nn.Module], rank: int, world: int):
+        self.make, self.rank, self.world = make, rank, world
 
-    @contextlib.contextmanager
-    def building(self) -> Iterator[None]:
-        handle = nn.modules.module.register_module_parameter_registration_hook(self._register)
+    def record(self) -> nn.Module:
+        """The model on the meta device (initialisers draw nothing there), and the registration order."""
+        registered: dict[int, nn.Parameter] = {}  # in registration order
+
+        def hook(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> None:
+            if param is not None:  # tying registers an existing parameter again: it keeps its first place
+                registered.setdefault(id(param), param)
+
+        handle = nn.modules.module.register_module_parameter_registration_hook(hook)
         try:
-            with ShardedInit(self._full_shape, self._keep):
-                yield
+            with torch.device("meta"):
+                model = self.make()
         finally:
             handle.remove()
+        names = {id(p): name for name, p in model.named_parameters()}
+        # a parameter replaced during construction (the embedding's own, before tying) has no name: its
+        # initialisers still draw from the generator, but nothing keeps their result
+        self.order = [names.get(key) for key in registered]
+        return model
 
-    def rows_by_name(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """This rank's rows of each parameter, by name (tied parameters once)."""
-        return {name: self.values[id(p)] for name, p in model.named_parameters()}
+    def fill(self, model: nn.Module) -> None:
+        """Construct again and copy this rank's rows of every initial value into `model`'s local shards."""
+        shards = {name: p.to_local() for name, p in model.named_parameters()}
+        targets = [shards[name] if name is not None else None for name in self.order]
+        slot: dict[int, Optional[torch.Tensor]] = {}  # id(placeholder) -> the shard its values go to
 
-    def _register(self, module: nn.Module, name: str, param: Optional[nn.Parameter]) -> Optional[nn.Parameter]:
-        """nn.Module's parameter-registration hook: swap a new parameter for a meta placeholder, keep our rows."""
-        if param is None or id(param) in self.values:  # tying assigns an existing placeholder again
-            return None
-        placeholder = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
-        self.values[id(placeholder)] = dim0_shard(param.detach(), self.rank, self.world)
-        return placeholder
+        def write(placeholder: torch.Tensor, full: torch.Tensor) -> None:
+            target = slot[id(placeholder)]
+            if target is not None:
+                rows = dim0_shard(full, self.rank, self.world)
+                if target.shape != rows.shape:  # FSDP laid the shard out otherwise than DTensor's Shard(0)
+                    raise RuntimeError(f"shard of shape {tuple(target.shape)} for rows {tuple(rows.shape)}")
+                target.copy_(rows)
 
-    def _full_shape(self, t: torch.Tensor) -> Optional[torch.Size]:
-        return t.shape if id(t) in self.values else None
+        def hook(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> Optional[nn.Parameter]:
+            if param is None or id(param) in slot:
+                return None
+            if len(slot) == len(targets):
+                raise RuntimeError("the model registered more parameters the second time it was built")
+            placeholder = nn.Parameter(torch.empty_like(param, device="meta"), requires_grad=param.requires_grad)
+            slot[id(placeholder)] = targets[len(slot)]
+            write(placeholder, param.detach())  # values made at creation (LayerNorm's ones) count too
+            return placeholder
 
-    def _keep(self, t: torch.Tensor, full: torch.Tensor) -> None:
-        self.values[id(t)] = dim0_shard(full, self.rank, self.world)
+        handle = nn.modules.module.register_module_parameter_registration_hook(hook)
+        try:
+            with torch.no_grad(), ShardedInit(lambda t: t.shape if id(t) in slot else None, write):
+                twin = self.make()
+        finally:
+            handle.remove()
+        for name, buffer in model.named_buffers():  # buffers are whole on every rank: take the real ones
+            buffer.copy_(twin.get_buffer(name))
