@@ -88,8 +88,6 @@ class FSDPStrategy(Strategy):
 
     def _unsharded_fits(self) -> bool:
         """Whether to keep weights and gradients whole between micro-batches (see the module docstring)."""
-        if self.accumulation != "auto":
-            return self.accumulation == "unsharded"
         numel = sum(p.numel() for p in self.model.parameters())
         need = numel * (torch.finfo(self.mp_policy.param_dtype or torch.float32).bits // 8 + 4)
         if self.device.type == "cuda":
@@ -97,11 +95,13 @@ class FSDPStrategy(Strategy):
         else:  # the ranks on this machine share its memory
             free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
             free //= int(os.environ.get("LOCAL_WORLD_SIZE", self.denv.world_size))
-        fits = need <= free // 4
+        fits = need <= free // 4 if self.accumulation == "auto" else self.accumulation == "unsharded"
         if self.denv.is_main:
             how = "kept whole between them" if fits else "resharded after each"
-            print(f"FSDP: {self.local_accum} micro-batches per rank per step; weights and gradients {how} "
-                  f"({need / 2**30:.2f} GiB whole, {free / 2**30:.1f} GiB free per rank)", flush=True)
+            why = (f"{need / 2**30:.2f} GiB whole, {free / 2**30:.1f} GiB free per rank" if self.accumulation == "auto"
+                   else f"--fsdp_accumulation={self.accumulation}")
+            print(f"FSDP: {self.local_accum} micro-batches per rank per step; weights and gradients {how} ({why})",
+                  flush=True)
         return fits
 
     def _module(self) -> torch.nn.Module:
