@@ -14,7 +14,7 @@ from gpt.errors import GPTError
 MODES = {
     "kernels": "benchmarks.kernels",  # our Triton ops against torch, forward + backward
     "loader": "benchmarks.loader",    # loader throughput and resident memory on synthetic shards
-    "memory": "benchmarks.memory",    # memory per rank of each strategy, by formula, for GPT-2 sizes
+    "strategies": "benchmarks.strategies",  # memory per rank of each strategy, by formula, for GPT-2 sizes
     "train": "benchmarks.train",      # end-to-end training step: AdamW impls, bf16, compile, attention side by side
 }
 

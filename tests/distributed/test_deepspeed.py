@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 0-3 under the deepspeed launcher (2 CPU processes, gloo): same losses, resume, sample."""
+"""DeepSpeed ZeRO 0-3 under the deepspeed launcher (2 CPU processes, gloo): same losses, export, sample (resuming on other world sizes: test_resharding.py)."""
 import pytest
 import torch
 

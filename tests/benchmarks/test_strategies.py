@@ -1,7 +1,7 @@
 """The memory table: its formulas add up to the ZeRO paper's 16 bytes per parameter, and it prints for every size."""
 import pytest
 
-from benchmarks.memory import gpt2_shape, main, per_rank
+from benchmarks.strategies import gpt2_shape, main, per_rank
 from gpt.errors import GPTError
 
 

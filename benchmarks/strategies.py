@@ -1,4 +1,4 @@
-"""Memory per rank of each strategy, by formula: `python launch/bench.py memory [--key=value ...]`.
+"""Memory per rank of each strategy, by formula: `python launch/bench.py strategies [--key=value ...]`.
 
 For a model of P parameters trained over W ranks in bf16 with AdamW (two fp32 moments),
 as this repository runs each strategy (bytes per rank):
@@ -33,7 +33,7 @@ from gpt.errors import GPTError
 from gpt.flags import opt, parse_args
 from gpt.model import GPT
 
-USAGE = "usage: python launch/bench.py memory [--key=value ...]"
+USAGE = "usage: python launch/bench.py strategies [--key=value ...]"
 GPT2 = {"124M": (12, 12, 768), "350M": (24, 16, 1024), "1.5B": (48, 25, 1600)}  # (n_layer, n_head, n_embd)
 STRATEGIES = ("single", "ddp", "ZeRO-1", "ZeRO-2", "ZeRO-3", "fsdp")
 ZERO3_PREFETCH = 50_000_000  # ds_config.json, stage3_prefetch_bucket_size
