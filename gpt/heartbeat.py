@@ -15,9 +15,10 @@ How the trainer uses it (one process: every call is a no-op)::
 
 What carries the beats: the c10d TCPStore that the launcher's env:// rendezvous created
 (torchrun's agent hosts it, the first node's agent under multi-node; rank 0 hosts it under
-the deepspeed launcher), through a second client connection of our own with a short
-timeout, so that a stopped store host is noticed in seconds, not after the process
-group's 10 minutes. Keys sit under the attempt's prefix (`gpt.distributed.attempt_prefix`),
+the deepspeed launcher), through a client connection of our own, used by the heartbeat
+thread only: a store call to a stopped host blocks forever, so a second thread, the
+guard, which never touches the store, ends the job when neither the store nor this rank's
+loop has moved for long. Keys sit under the attempt's prefix (`gpt.distributed.attempt_prefix`),
 so a job that torchrun restarts never reads the dead attempt's pulses.
 
 Who beats: the main loop, never a timer. A daemon thread publishes a `gpt.hang.Pulse`
@@ -76,7 +77,7 @@ VERDICT_KEY = "verdict"
 
 
 class Heartbeat:
-    """A rank's beats and the thread that publishes them and watches the other ranks."""
+    """A rank's beats, the thread that publishes them and watches the other ranks, and its guard."""
 
     def __init__(self, denv: DistEnv, timeout_s: float, store: Optional[dist.Store] = None):
         """Use `start`; `store` replaces the launcher's store (tests)."""
@@ -84,13 +85,15 @@ class Heartbeat:
         self.tick_s = min(max(timeout_s / 10, 0.05), MAX_TICK_S)
         self._store = store
         self._own_store = store is None
-        self._progress: tuple[int, Optional[int], float] = (0, None, time.monotonic())  # beats, step, when
+        now = time.monotonic()
+        self._progress: tuple[int, Optional[int], float] = (0, None, now)  # beats, last finished step, when
         self._seq = 0
         self._watch = Watch(self.world_size)
-        self._store_ok_at = time.monotonic()
+        self._store_ok_at = now  # the last time the store answered
+        self._resumed_at = now  # the last time this process ran again after not running at all (SIGSTOP, VM pause)
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._thread: Optional[threading.Thread] = None
+        self._threads: list[threading.Thread] = []
         self._identity = _identity()
 
     @classmethod
@@ -103,14 +106,19 @@ class Heartbeat:
         if denv.world_size > 1 and timeout_s is not None:
             if not timeout_s > 0:
                 raise GPTError(f"--dist_timeout={timeout_s} must be a positive number of seconds, e.g. 300.")
+            if store is None and not ("MASTER_ADDR" in os.environ and "MASTER_PORT" in os.environ):
+                raise GPTError("the heartbeat needs MASTER_ADDR and MASTER_PORT, which torchrun and the deepspeed "
+                               "launcher set: start the job with one of them.")
             heartbeat._begin()
         return heartbeat
 
     def _begin(self) -> None:
-        self._connect()
-        self._publish()  # the other ranks see this one at once, before its first tick
-        self._thread = threading.Thread(target=self._run, name="gpt-heartbeat", daemon=True)
-        self._thread.start()
+        # no store call ever runs on the main thread: a client of a stopped store host blocks forever (measured:
+        # torch 2.13's TCPStore ignores its timeout for set/check/get once connected)
+        self._threads = [threading.Thread(target=self._run, name="gpt-heartbeat", daemon=True),
+                         threading.Thread(target=self._guard, name="gpt-heartbeat-guard", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def beat(self, step: Optional[int] = None) -> None:
         """The main loop made progress; `step` is the optimizer step it just finished, if it finished one.
@@ -125,16 +133,13 @@ class Heartbeat:
             self._wake.set()
 
     def stop(self) -> None:
-        """Leave on purpose: the other ranks stop judging this one. Safe to call twice."""
-        if self._thread is None or self._stopping.is_set():
+        """Leave on purpose: the other ranks stop judging this one. Safe to call twice; never blocks for long."""
+        if not self._threads or self._stopping.is_set():
             return
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout=self.tick_s + self._store_timeout_s() + 1.0)
-        try:
-            self._publish(done=True)
-        except Exception:  # the store may be gone already at the end of a job; nobody judges us then
-            pass
+        for thread in self._threads:  # the heartbeat thread says goodbye to the store on its way out
+            thread.join(timeout=self.tick_s + 1.0)
 
     def __enter__(self) -> "Heartbeat":
         return self
@@ -142,32 +147,42 @@ class Heartbeat:
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
-    # -- the thread --------------------------------------------------------------------------------------
+    def _stalled_s(self, now: float, since: float) -> float:
+        """Seconds since `since`, not counting a time when this process did not run at all."""
+        return now - max(since, self._resumed_at)
+
+    # -- the heartbeat thread: publishes, reads, judges --------------------------------------------------
     def _run(self) -> None:
-        next_tick = time.monotonic() + self.tick_s
+        next_tick = 0.0  # the first pass publishes at once: the other ranks see this one before its first tick
         while True:
             woken = self._wake.wait(max(0.0, next_tick - time.monotonic()))
-            if self._stopping.is_set():
-                return
             self._wake.clear()
             try:
+                if self._stopping.is_set():
+                    self._publish(done=True)  # the other ranks stop judging this one
+                    return
+                if self._store is None:
+                    self._connect()
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + self.tick_s
                     self._tick()
                 elif woken:
                     self._publish()
-            except Exception as err:  # a store that does not answer: judged in _tick_without_store
-                self._tick_without_store(err)
+                self._store_ok_at = time.monotonic()
+            except Exception:  # the store did not answer: connect again at the next pass; the guard judges
+                if self._stopping.is_set():
+                    return
+                if self._own_store:
+                    self._store = None
 
     def _tick(self) -> None:
         now = time.monotonic()
         beats, step, beat_at = self._progress
-        stalled = now - beat_at
+        stalled = self._stalled_s(now, beat_at)
         watching = step is not None and stalled >= self.timeout_s / 3
         self._publish(where=_main_thread_where() if watching else "")
         if self._store.check([VERDICT_KEY]):
             self._end(json.loads(self._store.get(VERDICT_KEY)))
-        self._store_ok_at = now
         if not watching:
             self._watch.reset()
             return
@@ -180,40 +195,35 @@ class Heartbeat:
             mine = json.dumps({"writer": self.rank, "text": text, "ranks": list(verdict.ranks), "kill": kill})
             self._end(json.loads(self._store.compare_set(VERDICT_KEY, "", mine)))
 
-    def _tick_without_store(self, err: Exception) -> None:
-        """The store did not answer: reconnect; end the job once neither the store nor this rank moved for long."""
-        now = time.monotonic()
-        _, step, beat_at = self._progress
-        if step is not None and now - beat_at >= self.timeout_s and now - self._store_ok_at >= self.timeout_s / 2:
-            host = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-            owner = ("torchrun's agent on the first node" if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-                     else "rank 0")
-            self._exit(f"error: hang detected by rank {self.rank}'s heartbeat (--dist_timeout={self.timeout_s:g}): "
-                       f"this rank made no progress for {now - beat_at:.1f} s (last finished step {step}) and the "
-                       f"rendezvous store at {host}, hosted by {owner}, has not answered for {now - self._store_ok_at:.1f} s "
-                       f"({type(err).__name__}): that process is stopped or gone. Ending the job: torchrun "
-                       "--max-restarts, or a requeued Slurm job with --init_from=auto, resumes it from the last checkpoint.")
-        if self._own_store:
-            try:
-                self._connect()
-            except Exception:  # still unreachable: try again at the next tick
-                pass
+    # -- the guard thread: never touches the store, so a store that hangs cannot hang it ---------------
+    def _guard(self) -> None:
+        """End the job when neither this rank's loop nor the store has moved for long; notice suspensions."""
+        last = time.monotonic()
+        while not self._stopping.wait(self.tick_s):
+            now = time.monotonic()
+            if now - last > self.tick_s + max(1.0, 2 * self.tick_s):
+                # this process did not run (SIGSTOP then SIGCONT, Ctrl-Z then fg, a paused VM): that time is
+                # nobody's fault and must not count as a hang once it runs again
+                self._resumed_at = now
+            last = now
+            _, step, beat_at = self._progress
+            stalled, silent = self._stalled_s(now, beat_at), self._stalled_s(now, self._store_ok_at)
+            if step is not None and stalled >= self.timeout_s and silent >= self.timeout_s / 2:
+                host = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+                owner = ("torchrun's agent on the first node" if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                         else "rank 0")
+                self._exit(f"error: hang detected by rank {self.rank}'s heartbeat (--dist_timeout={self.timeout_s:g}): "
+                           f"rank {self.rank} made no progress for {stalled:.1f} s (last finished step {step}) and the "
+                           f"rendezvous store at {host}, hosted by {owner}, has not answered for {silent:.1f} s: that "
+                           "process is stopped or gone. Ending the job: torchrun --max-restarts, or a requeued Slurm "
+                           "job with --init_from=auto, resumes it from the last checkpoint.")
 
     # -- the store -----------------------------------------------------------------------------------------
-    def _store_timeout_s(self) -> float:
-        # one store call may block this long; a third of the timeout keeps a dead store host within it
-        return min(max(self.timeout_s / 3, 1.0), 30.0)
-
     def _connect(self) -> None:
-        if not self._own_store:
-            return
         env = os.environ
-        try:
-            client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), None, False,
-                                   datetime.timedelta(seconds=self._store_timeout_s()), wait_for_workers=False)
-        except KeyError:
-            raise GPTError("the heartbeat needs MASTER_ADDR and MASTER_PORT, which torchrun and the deepspeed launcher "
-                           "set: start the job with one of them.") from None
+        client = dist.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), None, False,
+                               datetime.timedelta(seconds=min(max(self.timeout_s / 3, 1.0), 30.0)),
+                               wait_for_workers=False)
         self._store = dist.PrefixStore(f"{attempt_prefix()}/heartbeat", client)
 
     def _publish(self, where: str = "", done: bool = False) -> None:
@@ -243,6 +253,8 @@ class Heartbeat:
         self._exit("\n".join(lines))
 
     def _exit(self, message: str) -> None:
+        if self._stopping.is_set():  # the run ended on purpose meanwhile
+            return
         if message:
             print(message, file=sys.stderr, flush=True)
         sys.stdout.flush()

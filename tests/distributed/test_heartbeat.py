@@ -29,43 +29,75 @@ def test_one_process_has_no_heartbeat_thread():
     heartbeat = Heartbeat.start(DistEnv(), 1.0)
     heartbeat.beat(0)
     heartbeat.stop()
-    assert heartbeat._thread is None and "gpt-heartbeat" not in [t.name for t in threading.enumerate()]
+    assert not heartbeat._threads and not [t for t in threading.enumerate() if t.name.startswith("gpt-heartbeat")]
 
 
-def test_a_rank_whose_thread_froze_is_named_by_the_other_through_the_store():
-    """Two heartbeats in this process over a real TCPStore; rank 1's thread stops as under SIGSTOP."""
+def in_process_heartbeat(rank: int, store: dist.Store, ended: dict[int, str]) -> Heartbeat:
+    """Rank `rank` of 2 on `store`, whose verdicts land in `ended` instead of ending pytest with os._exit."""
+    heartbeat = Heartbeat(DistEnv(rank=rank, world_size=2), timeout_s=1.0, store=store)
+    heartbeat._exit = lambda message: (ended.setdefault(rank, message), heartbeat._stopping.set())
+    heartbeat._begin()
+    return heartbeat
+
+
+def client(port: int) -> dist.Store:
+    return dist.PrefixStore("test", dist.TCPStore("127.0.0.1", port, None, False, datetime.timedelta(seconds=5),
+                                                   wait_for_workers=False))
+
+
+def test_a_rank_that_stopped_publishing_is_named_by_the_other_through_the_store():
+    """Two heartbeats in this process over a real TCPStore; rank 1's threads end silently, as under SIGSTOP."""
     server = dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=5), wait_for_workers=False)
     ended: dict[int, str] = {}
-    beats = []
-    for rank in (0, 1):
-        store = dist.PrefixStore("test", dist.TCPStore("127.0.0.1", server.port, None, False,
-                                                        datetime.timedelta(seconds=5), wait_for_workers=False))
-        heartbeat = Heartbeat(DistEnv(rank=rank, world_size=2), timeout_s=1.0, store=store)
-        # instead of os._exit, which would end pytest: note the message, end the thread
-        heartbeat._exit = lambda message, rank=rank, hb=heartbeat: (ended.setdefault(rank, message), hb._stopping.set())
-        heartbeat._begin()
-        beats.append(heartbeat)
+    ranks = [in_process_heartbeat(rank, client(server.port), ended) for rank in (0, 1)]
     try:
         for step in range(3):
             time.sleep(0.05)
-            for heartbeat in beats:
+            for heartbeat in ranks:
                 heartbeat.beat(step)
         last_beat = time.monotonic()
         time.sleep(0.05)  # the thread publishes step 2 as soon as it is beaten: let it
-        frozen = beats[1]
-        frozen._stopping.set()  # its thread ends without saying goodbye: to the store it looks stopped
-        frozen._wake.set()
-        frozen._thread.join()
+        ranks[1]._publish = lambda *args, **kwargs: None  # its threads end without a word, as if stopped
+        ranks[1].stop()
         while 0 not in ended and time.monotonic() - last_beat < 5.0:
             time.sleep(0.02)
         detected_s = time.monotonic() - last_beat
     finally:
-        for heartbeat in beats:
-            heartbeat._stopping.set()
-            heartbeat._wake.set()
+        for heartbeat in ranks:
+            heartbeat.stop()
     assert "rank 1 stopped responding" in ended.get(0, ""), ended
     assert "last finished step 2" in ended[0] and ended[0].startswith("error: hang detected by rank 0")
     assert 0.99 <= detected_s < 2.0, detected_s  # the timeout after rank 0's last beat, plus a few ticks of 0.1 s
+
+
+class FrozenStore:
+    """A store whose host is stopped: every call blocks (until the test thaws it)."""
+
+    def __init__(self):
+        self.thaw = threading.Event()
+
+    def __getattr__(self, name):
+        def blocked(*args, **kwargs):
+            self.thaw.wait()
+            raise ConnectionError("thawed")
+        return blocked
+
+
+def test_a_store_that_stops_answering_ends_the_job_once_this_rank_stalls_too():
+    store, ended = FrozenStore(), {}
+    heartbeat = in_process_heartbeat(1, store, ended)
+    try:
+        heartbeat.beat(7)
+        beat_at = time.monotonic()
+        while 1 not in ended and time.monotonic() - beat_at < 5.0:
+            time.sleep(0.02)
+        detected_s = time.monotonic() - beat_at
+    finally:
+        store.thaw.set()
+        heartbeat.stop()
+    assert "rank 1 made no progress" in ended[1] and "last finished step 7" in ended[1]
+    assert "rendezvous store" in ended[1] and "has not answered" in ended[1]
+    assert 0.99 <= detected_s < 1.5, detected_s
 
 
 def start_job(out: Path, *flags: str, restarts: int = 0) -> subprocess.Popen:
