@@ -13,8 +13,9 @@ import statistics
 from typing import Optional, Sequence
 
 # A rank 1.5x slower than the others makes every step wait a third of its time for it. Below that the
-# spread is noise: on this 2-core box two ranks' forward times differ by up to ~1.3x from scheduling alone
-# (docs/benchmarks.md, "Hang detection"), and on identical GPUs by a few percent.
+# spread is mostly noise: two identical CPU ranks on this 2-core box, oversubscribed (load 15), differed per
+# step by a median 1.05x, p90 1.31x, p99 1.57x (1.5x or more on 7 of 290 steps; docs/benchmarks.md, "Hang
+# detection"). A real straggler shows on every progress line, noise on one now and then.
 STRAGGLER_RATIO = 1.5
 # ...and a rank whose excess is under 10 ms per step costs little, whatever the ratio (timer and scheduler
 # jitter is of the order of a millisecond on a loaded CPU).
