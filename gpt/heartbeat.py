@@ -9,9 +9,14 @@ How the trainer uses it (one process: every call is a no-op)::
     try:
         ...  heartbeat.beat(it)   after each optimizer step `it` (the number its log line shows)
         ...  heartbeat.beat()     at other points of progress: after each micro-batch's data, each eval
-                                  batch, before and after a checkpoint save
+                                  batch, after the eval's logging (rank 0 redraws loss.png: the first
+                                  draw took over 3 s here), before and after a checkpoint save
     finally:
         heartbeat.stop()
+
+Every rank must beat at the same points, the same number of times: beat outside `if is_main:`
+(after rank 0's extra work, not inside it). A rank with fewer beats than the others is taken
+for the one they wait for.
 
 What carries the beats: the c10d TCPStore that the launcher's env:// rendezvous created
 (torchrun's agent hosts it, the first node's agent under multi-node; rank 0 hosts it under
