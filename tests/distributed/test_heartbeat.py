@@ -146,7 +146,8 @@ def test_a_sigstopped_rank_ends_the_job_with_its_name_then_torchrun_resumes_it(t
     log = (tmp_path / "torchrun.log").read_text()
     last_logged = max(int(i) for i in re.findall(r"iter (\d+):", log.split("hang detected")[0]))
     named_step = int(re.search(r"last finished step (\d+)", message).group(1))
-    assert last_logged - 1 <= named_step <= last_logged  # rank 0 logs a step after rank 1 took part in it
+    # rank 0 logs a step after rank 1's beat for it and their gather: the two differ by one at most
+    assert abs(named_step - last_logged) <= 1, (named_step, last_logged)
     assert detected_s < timeout + 30
     assert returncode == 0, log[-3000:]
     assert (tmp_path / "done.json").read_text() == '{"step": 30, "attempt": 1}'
