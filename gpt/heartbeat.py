@@ -174,9 +174,10 @@ class Heartbeat:
                 elif woken:
                     self._publish()
                 self._store_ok_at = time.monotonic()
-            except Exception:  # the store did not answer: connect again at the next pass; the guard judges
+            except Exception:  # the store did not answer: connect again at the next tick; the guard judges
                 if self._stopping.is_set():
                     return
+                next_tick = time.monotonic() + self.tick_s
                 if self._own_store:
                     self._store = None
 
