@@ -83,3 +83,11 @@ gpu-wheels: venv
 .PHONY: bench
 bench: data
 	$(PY) launch/bench.py train $(BENCH_ARGS)
+
+# A real single-node Slurm (Debian's slurm-wlm and munge, installed with apt-get when missing; needs root):
+# launch/slurm_multinode.sbatch trains 2 CPU ranks with DDP, is requeued, and must resume from its checkpoint.
+# tests/slurm/cluster.sh starts private munged, slurmctld and slurmd for it and stops them after; where it cannot
+# run (not root, no apt-get) it says why and succeeds. About 2 minutes, plus ~30 s for the first install.
+.PHONY: test-slurm
+test-slurm: data
+	tests/slurm/cluster.sh $(PY) -m pytest -q -p no:cacheprovider tests/slurm
