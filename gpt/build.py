@@ -28,6 +28,7 @@ from gpt.checkpoint import check_resumable, has_checkpoint
 from gpt.config import Config
 from gpt.distributed import DistEnv, init_process_group, rank_device, read_env
 from gpt.errors import GPTError
+from gpt.heartbeat import Heartbeat
 from gpt.metrics import MetricsLogger
 from gpt.mfu import MFU
 from gpt.model import GPT
@@ -50,6 +51,7 @@ class Run:
     strategy: Strategy
     loader: BatchLoader
     metrics: Optional[MetricsLogger]  # rank 0 only
+    heartbeat: Heartbeat  # a rank that stops making progress ends the job, named (a no-op for one process)
     iter_num: int = 0  # where training starts: 0, or the resumed checkpoint's iteration
     best_val_loss: float = math.inf
     resumed: bool = False
@@ -101,7 +103,7 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
         raise GPTError(f"--vocab_size={cfg.model.vocab_size} is smaller than dataset {cfg.data.dataset!r}'s "
                        f"vocabulary of {dataset.vocab_size}: leave it unset or make it larger.")
 
-    init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp")
+    init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp", dist_timeout_s=cfg.dist.dist_timeout)
     strategy = build_strategy(cfg, denv, device, dtype, local_accum, debug=debug)
     resuming = _should_resume(cfg, denv)
     # every rank builds the same initial weights; dropout then draws from a per-rank stream
@@ -111,7 +113,8 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
     seed_everything(t.seed + 1 + denv.rank)
     loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size, t.gradient_accumulation_steps, t.seed,
                          denv.rank, denv.world_size, sampling=cfg.data.sampling)
-    run = Run(cfg, denv, device, dtype, dataset, model, strategy, loader, metrics=None)
+    run = Run(cfg, denv, device, dtype, dataset, model, strategy, loader, metrics=None,
+              heartbeat=Heartbeat.start(denv, cfg.dist.dist_timeout))
     wandb_id = _restore(run) if resuming else None
     if metrics and denv.is_main:
         run.out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 from data.formats import FORMATS
 from data.sampling import SAMPLING
+from gpt.distributed import DEFAULT_DIST_TIMEOUT_S
 from gpt.errors import GPTError
 from gpt.flags import build_config, choice, flatten, opt, parse_args
 from gpt.runtime import DTYPES, check_device_name
@@ -103,6 +104,8 @@ class DistConfig:
     zero_stage: Optional[int] = opt(None, "DeepSpeed ZeRO stage 0-3; None = ds_config.json's")
     ds_config: str = opt("ds_config.json", "DeepSpeed settings; fields the training config owns are \"auto\"")
     local_rank: Optional[int] = opt(None, "passed by the deepspeed launcher and ignored: LOCAL_RANK is read from the environment")
+    dist_timeout: float = opt(DEFAULT_DIST_TIMEOUT_S, "seconds a rank may make no progress before the job ends naming it "
+                                                      "(collectives time out at twice this)")
 
 
 @dataclasses.dataclass
@@ -178,6 +181,8 @@ def validate(cfg: Config) -> Config:
         if cfg.dist.strategy not in ("auto", "deepspeed"):
             raise GPTError(f"--zero_stage is a DeepSpeed setting but --strategy={cfg.dist.strategy}: "
                            "drop --zero_stage or use --strategy=deepspeed.")
+    if not cfg.dist.dist_timeout > 0:
+        raise GPTError(f"--dist_timeout={cfg.dist.dist_timeout} must be a positive number of seconds, e.g. 300.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
     choice("sampling", d.sampling, SAMPLING)

@@ -108,15 +108,18 @@ class MetricsLogger:
             self._log_wandb(self.wandb, record)
 
     def train(self, it: int, loss: float, lr: float, dt_ms: float, tokens_per_s: float,
-              grad_norm: Optional[float] = None, data_ms: Optional[float] = None) -> None:
+              grad_norm: Optional[float] = None, data_ms: Optional[float] = None, note: Optional[str] = None) -> None:
         """Log training step `it`: its loss (global batch), learning rate, duration and throughput,
-        the gradient norm before clipping and the time spent waiting for data, when known."""
+        the gradient norm before clipping and the time spent waiting for data, when known; `note`
+        (e.g. a straggler: "slowest rank 3: 2.1x median") ends the progress line and is kept in the record."""
         now = time.perf_counter()
         record = {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt_ms, "tokens_per_s": tokens_per_s}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         if data_ms is not None:
             record["data_ms"] = data_ms
+        if note:
+            record["note"] = note
         if self.mfu is not None:
             record["mfu"] = self.mfu.of(tokens_per_s)
         record["mem_mib"] = peak_memory_mib(self.device)
@@ -134,6 +137,8 @@ class MetricsLogger:
         parts.append(f"mem {record['mem_mib']:,.0f} MiB")
         if self.max_iters:
             parts.append(f"ETA {format_duration(self._eta(it, now, dt_ms / 1000.0))}")
+        if note:
+            parts.append(note)
         print(" | ".join(parts), flush=True)
 
     def _eta(self, it: int, now: float, dt: float) -> float:

@@ -13,14 +13,12 @@ test can SIGSTOP one.
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gpt.atomic import write_text_atomic  # noqa: E402
 from gpt.distributed import all_gather_objects, init_process_group, read_env, shutdown  # noqa: E402

@@ -1,8 +1,8 @@
 """A rank that hangs ends the job within --dist_timeout, naming itself; torchrun then restarts and resumes it.
 
-The torchrun tests run tests/distributed/heartbeat_worker.py (a fake training loop with the
-heartbeat, gloo, 2 CPU processes) and inject the fault from outside, as it happens for real:
-SIGSTOP, or a data read that never returns.
+The SIGSTOP test stops a rank of a real training run (launch/train.py under torchrun, gloo,
+2 CPU processes); the stuck-read test runs tests/distributed/heartbeat_worker.py (a fake
+training loop with the heartbeat) whose data read of one rank never returns.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 from gpt.distributed import DistEnv
 from gpt.heartbeat import HANG_EXIT_CODE, Heartbeat
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_argv
 from tests.distributed.launch import VENV_BIN, job_env
 
 WORKER = str(REPO / "tests/distributed/heartbeat_worker.py")
@@ -129,30 +129,47 @@ def finish(job: subprocess.Popen, timeout: float = 120) -> str:
     return job.returncode
 
 
-def test_a_sigstopped_rank_ends_the_job_with_its_name_then_torchrun_resumes_it(tmp_path):
-    timeout = 2.0
-    job = start_job(tmp_path, "--steps=30", f"--dist_timeout={timeout}", "--save_every=5", restarts=1)
+def rank_pid(agent_pid: int, rank: int) -> int:
+    """The pid of the training process torchrun started as `rank`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == agent_pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    raise AssertionError(f"no rank {rank} under torchrun {agent_pid}")
+
+
+def test_a_sigstopped_rank_of_a_real_run_ends_the_job_with_its_name_then_torchrun_resumes_it(tiny_data, tmp_path):
+    timeout = 5.0
+    out = tmp_path / "run"
+    flags = tiny_argv(tiny_data, out, max_iters=40, lr_decay_iters=40, eval_interval=10, dropout=0.0,
+                      gradient_accumulation_steps=2, dist_timeout=timeout, log_interval=1)
+    log = open(tmp_path / "torchrun.log", "w")
+    job = subprocess.Popen([str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+                            str(REPO / "launch/train.py"), *flags], cwd=REPO, env=job_env(), stdout=log,
+                           stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_line(tmp_path, r"iter 10:", job)
-        os.kill(int((tmp_path / "pid_rank1.attempt0").read_text()), signal.SIGSTOP)
+        wait_for_line(tmp_path, r"iter 13/40:", job)
+        os.kill(rank_pid(job.pid, 1), signal.SIGSTOP)
         stopped = time.monotonic()
         message = wait_for_line(tmp_path, r"error: hang detected .*rank 1 stopped responding.*last finished step (\d+)",
                                 job).group(0)
         detected_s = time.monotonic() - stopped
-        wait_for_line(tmp_path, r"resuming from step \d+ \(attempt 1\)", job)
-        restarted_s = time.monotonic() - stopped
+        wait_for_line(tmp_path, r"torchrun restarted this job: resuming from", job)
     finally:
-        returncode = finish(job)
-    log = (tmp_path / "torchrun.log").read_text()
-    last_logged = max(int(i) for i in re.findall(r"iter (\d+):", log.split("hang detected")[0]))
-    named_step = int(re.search(r"last finished step (\d+)", message).group(1))
-    # rank 0 logs a step after rank 1's beat for it and their gather: the two differ by one at most
-    assert abs(named_step - last_logged) <= 1, (named_step, last_logged)
-    assert detected_s < timeout + 30
-    assert returncode == 0, log[-3000:]
-    assert (tmp_path / "done.json").read_text() == '{"step": 30, "attempt": 1}'
-    print(f"SIGSTOP to the message: {detected_s:.1f} s, to the restarted job's resume: {restarted_s:.1f} s "
-          f"(--dist_timeout={timeout:g})")
+        returncode = finish(job, timeout=240)
+    text = (tmp_path / "torchrun.log").read_text()
+    assert detected_s < timeout + 30, detected_s
+    named = int(re.search(r"last finished step (\d+)", message).group(1))
+    last_logged = max(int(i) for i in re.findall(r"iter (\d+)/40:", text.split("hang detected")[0]))
+    assert abs(named - last_logged) <= 1, (named, last_logged)  # rank 0 logs a step after the gather that follows it
+    assert returncode == 0, text[-3000:]
+    from gpt.checkpoint import load_checkpoint
+    assert load_checkpoint(out)["iter_num"] == 40
+    print(f"SIGSTOP to the message: {detected_s:.1f} s (--dist_timeout={timeout:g})")
 
 
 def test_a_rank_stuck_in_a_data_read_is_named_and_first_shows_as_a_straggler(tmp_path):
