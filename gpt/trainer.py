@@ -58,7 +58,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks.
+        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks (and HellaSwag
+        accuracies, when the run scores it).
 
         Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively),
         padding with weight-0 batches when eval_iters does not divide evenly.
@@ -74,6 +75,8 @@ class Trainer:
                     if k < n:
                         total += loss.double()
                 out[split] = self.strategy.reduce_mean(total) * world / n
+            if self.built.hellaswag is not None:
+                out.update(self.built.hellaswag.score(self.strategy.logits, rank, world, self.strategy.reduce_mean))
         return out
 
     def save(self, best: bool = False) -> Path:
@@ -106,7 +109,8 @@ class Trainer:
                 losses = self.evaluate()
                 last_val = losses["val"]
                 if self.metrics:
-                    self.metrics.eval(it, losses["train"], losses["val"])
+                    self.metrics.eval(it, losses["train"], losses["val"],
+                                      **{k: v for k, v in losses.items() if k not in ("train", "val")})
                 improved = losses["val"] < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, losses["val"])
                 if it > 0 and not t.eval_only and (improved or t.always_save_checkpoint):
