@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from data.subword import gpt2_meta
+from data.subword import EOT_TEXT, gpt2_meta
 from gpt.config import INIT_FROM, ModelConfig
 from gpt.errors import GPTError
 from gpt.hf_snapshot import GPT2_MODELS, find_model, weights_file
@@ -59,9 +59,20 @@ def open_snapshot(source: str) -> Snapshot:
     except (OSError, ValueError) as err:
         raise GPTError(f"{folder / 'config.json'} is unreadable ({err}); fetch the snapshot again.") from None
     shape, notes = shape_from_hf_config(hf, str(folder))
-    meta = folder / "meta.json"  # written by our exporter: the exact tokenizer, char and bpe kinds included
-    tokenizer = json.loads(meta.read_text(encoding="utf-8"))["tokenizer"] if meta.is_file() else gpt2_meta()
-    return Snapshot(source, folder, shape, tokenizer, notes)
+    return Snapshot(source, folder, shape, _tokenizer_of(folder, shape["vocab_size"]), notes)
+
+
+def _tokenizer_of(folder: Path, rows: int) -> dict[str, Any]:
+    """The tokenizer entry of a snapshot: meta.json's (written by our exporter: char and bpe kinds too), else
+    GPT-2's byte-level BPE, sized by its vocab.json when there is one (the embedding may have padding rows)."""
+    meta = folder / "meta.json"
+    if meta.is_file():
+        return json.loads(meta.read_text(encoding="utf-8"))["tokenizer"]
+    vocab = folder / "vocab.json"
+    if vocab.is_file():
+        ids = json.loads(vocab.read_text(encoding="utf-8"))
+        return {"kind": "gpt2", "vocab_size": max(ids.values()) + 1, "eot": ids[EOT_TEXT]}
+    return gpt2_meta() if rows >= gpt2_meta()["vocab_size"] else {"kind": "gpt2", "vocab_size": rows, "eot": rows - 1}
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
