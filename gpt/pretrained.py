@@ -11,8 +11,9 @@ the real logits are unchanged, and no token has a padded id. The loss moves only
 softmax's normaliser, which gains P terms each equal to the geometric mean of the real
 probabilities (at most 1/V, by AM-GM): it rises by log(1 + P * exp(mean_k log p_k)) <= log(1 + P/V),
 9.4e-4 nats for 47 rows over GPT-2's 50257 in the worst case, a uniform model; a trained model,
-whose geometric-mean probability is far below 1/V, moves far less. (Padding with zeros would give
-the padded ids logit 0, far above GPT-2's typical logits, and wreck the loss.)
+whose geometric-mean probability is far below 1/V, moves far less. (Zero rows would give every
+padded id logit 0 on every input, which has no bound relative to a model's real logits: the loss
+would move by an amount that depends on the model.)
 """
 from __future__ import annotations
 
