@@ -12,6 +12,7 @@ from gpt.hellaswag import HellaSwag, read_examples, tokenize
 from gpt.model import GPT
 from gpt.trainer import Trainer
 from tests.conftest import tiny_argv
+from tests.gpt.test_wandb import history, offline_runs
 
 CHARS = CharTokenizer(sorted(set("abcdx .")))
 # a model that always gives 'a' logit 2 and every other character 0: per token, 'a' costs 0.91 nats, the rest 2.91
@@ -79,14 +80,19 @@ def test_missing_and_malformed_files_are_explained(tmp_path):
     assert len(read_examples(bad, limit=1)) == 1
 
 
-def test_a_run_scores_hellaswag_at_each_eval_and_logs_it(tiny_data, tmp_path, capsys):
+def test_a_run_scores_hellaswag_at_each_eval_and_logs_it(tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     items = [{"ctx": "ROMEO:", "endings": ["But soft", "thou light", "JULIET", "wherefore art"], "label": 0},
              {"ctx": "O Romeo, Romeo,", "endings": ["wherefore art thou", "ROMEO:", "light", "window"], "label": 0}]
     data = write_items(tmp_path / "h.jsonl", items * 3)
     out = tmp_path / "run"
     Trainer(build_run(load_config(tiny_argv(tiny_data, out, max_iters=2, eval_interval=2, hellaswag_data=data,
-                                                 hellaswag_limit=4)))).run()
+                                            hellaswag_limit=4, wandb_log=True)))).run()
     evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
     assert [r["iter"] for r in evals] == [0, 2]
     assert all(r["hellaswag_acc"] in (0, 0.25, 0.5, 0.75, 1) and 0 <= r["hellaswag_acc_norm"] <= 1 for r in evals)
     assert "hellaswag acc norm" in capsys.readouterr().out
+    (run_dir,) = offline_runs(out)
+    logged = [r for r in history(run_dir) if "eval/val_loss" in r]
+    assert [(r["eval/hellaswag_acc"], r["eval/hellaswag_acc_norm"]) for r in logged] == \
+        [(r["hellaswag_acc"], r["hellaswag_acc_norm"]) for r in evals]
