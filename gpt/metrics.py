@@ -149,12 +149,14 @@ class MetricsLogger:
         per_iter = (now - t0) / (it - it0) if it > it0 else dt
         return max(self.max_iters - it - 1, 0) * per_iter
 
-    def eval(self, it: int, train_loss: float, val_loss: float) -> None:
-        """Log an evaluation at iteration `it` and redraw loss.png."""
+    def eval(self, it: int, train_loss: float, val_loss: float, **scores: float) -> None:
+        """Log an evaluation at iteration `it` (with any downstream `scores`, e.g. hellaswag_acc) and redraw loss.png."""
         best = min((r["val_loss"] for r in self.evals.values()), default=float("inf"))
-        self._write({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss, "time": time.time()})
+        self._write({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss, **scores,
+                     "time": time.time()})
         note = " (best so far)" if val_loss < best else f" (best {best:.4f})"
-        print(f"== eval at iter {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{note}", flush=True)
+        extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
+        print(f"== eval at iter {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{note}{extra}", flush=True)
         self.plot()
 
     # -- outputs ----------------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class Trainer:
         self.iter_num += 1
         return result
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.strategy.logits(x)
+        self.heartbeat.beat()  # a long HellaSwag eval is progress too
+        return logits
+
     def _next_batch(self) -> Batch:
         batch = self.loader.next_batch()
         self.heartbeat.beat()  # every rank beats at the same points: a stuck read shows as the rank behind
@@ -66,7 +71,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks.
+        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks (and HellaSwag
+        accuracies, when the run scores it).
 
         Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively),
         padding with weight-0 batches when eval_iters does not divide evenly.
@@ -83,6 +89,8 @@ class Trainer:
                     if k < n:
                         total += loss.double()
                 out[split] = self.strategy.reduce_mean(total) * world / n
+            if self.built.hellaswag is not None:
+                out.update(self.built.hellaswag.score(self._logits, rank, world, self.strategy.reduce_mean))
         return out
 
     def save(self, best: bool = False) -> Path:
@@ -118,7 +126,8 @@ class Trainer:
                 losses = self.evaluate()
                 last_val = losses["val"]
                 if self.metrics:
-                    self.metrics.eval(it, losses["train"], losses["val"])
+                    self.metrics.eval(it, losses["train"], losses["val"],
+                                      **{k: v for k, v in losses.items() if k not in ("train", "val")})
                 self.heartbeat.beat()  # after rank 0 redrew loss.png, on every rank
                 improved = losses["val"] < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, losses["val"])

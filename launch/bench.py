@@ -15,6 +15,7 @@ MODES = {
     "kernels": "benchmarks.kernels",  # our Triton ops against torch, forward + backward
     "loader": "benchmarks.loader",    # loader throughput and resident memory on synthetic shards
     "train": "benchmarks.train",      # end-to-end training step: AdamW impls, bf16, compile, attention side by side
+    "memory": "benchmarks.memory",    # one step's peak memory at a model's shape, with and without activation checkpointing
 }
 
 

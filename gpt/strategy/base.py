@@ -105,6 +105,12 @@ class Strategy(abc.ABC):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The model's mean loss on one batch (under the run's precision), for evaluation."""
 
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (B, T, vocab) for one batch, under the run's precision: for evaluations that
+        score tokens one by one (HellaSwag). Collective under ZeRO-3, like `loss`."""
+        with self.autocast():
+            return self._module()(self.to_device(x))[0]
+
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:
         """No gradients and no dropout inside; training mode again after."""
