@@ -382,7 +382,8 @@ def check_resumable(saved: dict[str, Any], model: ModelConfig, tokenizer: dict[s
             for f in dataclasses.fields(ModelConfig) if getattr(theirs, f.name) != getattr(model, f.name)]
     if diff:
         raise GPTError(f"cannot resume from {out_dir}: the model differs ({'; '.join(diff)}). "
-                       "Resume with the config the run started with, or start fresh in another --out_dir.")
+                       "Resume with the config the run started with (the run's resolved copy is "
+                       f"{Path(out_dir) / 'config.yaml'}), or start fresh in another --out_dir.")
     if saved["tokenizer"] != tokenizer:
         raise GPTError(f"cannot resume from {out_dir}: it was trained on another vocabulary than dataset "
                        f"{dataset!r} has now. Use the dataset it was trained on.")
@@ -397,11 +398,16 @@ def model_from_checkpoint(ckpt: dict[str, Any], dropout: float = 0.0, kernels: O
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict with an error that names mismatched shapes and keys."""
-    own = model.state_dict()
-    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    check_model_state({k: v.shape for k, v in model.state_dict().items()}, state, source)
+    model.load_state_dict(state)
+
+
+def check_model_state(shapes: dict[str, torch.Size], state: dict[str, torch.Tensor], source: str) -> None:
+    """Explain why `state` cannot load into a model with these whole (unsharded) shapes by name."""
+    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(shapes[k])}"
+                for k, v in state.items() if k in shapes and shapes[k] != v.shape]
+    missing = sorted(set(shapes) - set(state))
+    unexpected = sorted(set(state) - set(shapes))
     if problems or missing or unexpected:
         parts = []
         if problems:
@@ -412,4 +418,3 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
             parts.append(f"unexpected {unexpected[:5]}")
         raise GPTError(f"{source} does not fit this model: {', '.join(parts)}. "
                        "It was trained with another model shape or vocabulary; use the same config, or a fresh --out_dir.")
-    model.load_state_dict(state)

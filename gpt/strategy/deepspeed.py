@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from gpt.checkpoint import commit_folder_checkpoint, entry_name, folder_client_state, latest_entry, require_form
-from gpt.distributed import DistEnv, barrier, ensure_single_process_env
+from gpt.checkpoint import (check_model_state, commit_folder_checkpoint, entry_name, folder_client_state, latest_entry,
+                            require_form)
+from gpt.distributed import DistEnv, barrier, collective_timeout, ensure_single_process_env
 from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
@@ -55,7 +56,8 @@ class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
     def __init__(self, denv: DistEnv, device: torch.device, dtype: torch.dtype, local_accum: int, grad_clip: float,
-                 *, ds_config: str, zero_stage: int | None, micro_batch: int, debug: bool = False):
+                 *, ds_config: str, zero_stage: int | None, micro_batch: int, dist_timeout_s: float,
+                 debug: bool = False):
         super().__init__(denv, device, dtype, local_accum, grad_clip)
         self.deepspeed = import_deepspeed()
         if not debug:
@@ -67,7 +69,8 @@ class DeepSpeedStrategy(Strategy):
                                         local_accum=local_accum, world_size=denv.world_size, grad_clip=grad_clip,
                                         dtype=dtype, zero_stage=zero_stage)
         self.zero_stage = self.config["zero_optimization"]["stage"]
-        self.deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self.deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                        timeout=collective_timeout(dist_timeout_s))
 
     def build_model(self, make: Callable[[], GPT]) -> GPT:
         """ZeRO-3: partitioned while it is built (zero.Init); other stages: whole, as DeepSpeed expects."""
@@ -85,6 +88,16 @@ class DeepSpeedStrategy(Strategy):
 
         with self.deepspeed.zero.Init(config_dict_or_path=self.config), ShardedInit(partitioned_shape, keep):
             return make()
+
+    def load_weights(self, model: GPT, weights: dict[str, torch.Tensor], source: str) -> None:
+        """ZeRO-3: each parameter gathered in turn and overwritten; other stages: into the whole model."""
+        if self.zero_stage != 3:
+            return super().load_weights(model, weights, source)
+        check_model_state({name: p.ds_shape for name, p in model.named_parameters(remove_duplicate=False)},
+                          weights, source)
+        for name, p in model.named_parameters():
+            with self.deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                p.data.copy_(weights[name])
 
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         self.client_optimizer = optimizer
@@ -111,7 +124,7 @@ class DeepSpeedStrategy(Strategy):
             group["lr"] = lr
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
-        batches = MicroBatches(next_batch, self.local_accum)
+        batches = MicroBatches(next_batch, self.local_accum, self.device)
         for last, x, y in batches:
             if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation counter and the strategy's micro-steps disagree")
@@ -121,12 +134,14 @@ class DeepSpeedStrategy(Strategy):
                                f"{str(self.dtype).removeprefix('torch.')}, where the engine would apply the step "
                                "instead of skipping it. The last checkpoint is intact: resume from it with a lower "
                                "--learning_rate or a stricter --grad_clip.")
+            if last:  # the engine reduces gradients in this backward: the ranks start waiting for each other
+                batches.mark_local()
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
         return StepResult(total / self.local_accum, self.engine.get_global_grad_norm(),
                           self.engine.skipped_steps == skipped, batches.data_s,
-                          self.client_optimizer.param_groups[0]["lr"])
+                          self.client_optimizer.param_groups[0]["lr"], batches.local_s)
 
     def engine_skips_nonfinite(self) -> bool:
         """Whether the engine itself skips a step with NaN/Inf gradients (DeepSpeed 0.19): fp16 loss scaling

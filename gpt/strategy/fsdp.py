@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_model_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
-from gpt.checkpoint import folder_client_state, load_sharded_checkpoint, require_form, save_sharded_checkpoint
-from gpt.distributed import DistEnv, init_process_group
+from gpt.checkpoint import (check_model_state, folder_client_state, load_sharded_checkpoint, require_form,
+                            save_sharded_checkpoint)
+from gpt.distributed import DEFAULT_DIST_TIMEOUT_S, DistEnv, init_process_group
 from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
@@ -56,7 +57,7 @@ class FSDPStrategy(Strategy):
     name = "fsdp"
 
     def __init__(self, denv: DistEnv, device: torch.device, dtype: torch.dtype, local_accum: int, grad_clip: float,
-                 *, accumulation: str = "auto"):
+                 *, accumulation: str = "auto", dist_timeout_s: float = DEFAULT_DIST_TIMEOUT_S):
         super().__init__(denv, device, dtype, local_accum, grad_clip)
         if dtype == torch.float16:
             raise GPTError("--strategy=fsdp trains in float32 or bfloat16, not float16 (which would need a sharded "
@@ -65,7 +66,8 @@ class FSDPStrategy(Strategy):
             raise GPTError(f"--strategy=fsdp runs on CUDA GPUs (nccl) or CPUs (gloo), not on {device.type}: "
                            "use --device=cuda or cpu, or --strategy=single.")
         self.accumulation = accumulation
-        init_process_group(denv, device, always=True)  # FSDP needs a device mesh even for one process
+        # FSDP needs a device mesh even for one process
+        init_process_group(denv, device, always=True, dist_timeout_s=dist_timeout_s)
         self.mesh = init_device_mesh(device.type, (denv.world_size,))
         self.mp_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
             if dtype == torch.bfloat16 else MixedPrecisionPolicy()
@@ -81,6 +83,11 @@ class FSDPStrategy(Strategy):
         model.to_empty(device=self.device)
         filler.fill(model)
         return model
+
+    def load_weights(self, model: GPT, weights: dict[str, torch.Tensor], source: str) -> None:
+        """Every rank holds the whole snapshot here and keeps its rows of each tensor."""
+        check_model_state({k: v.shape for k, v in model.state_dict().items()}, weights, source)
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
 
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         self.model = model
@@ -130,10 +137,12 @@ class FSDPStrategy(Strategy):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        batches = MicroBatches(next_batch, self.local_accum)
+        batches = MicroBatches(next_batch, self.local_accum, self.device)
         for block in self.blocks if self.keep_unsharded else ():
             block.set_reshard_after_forward(False)
-        for last, x, y in batches:
+        for micro, (last, x, y) in enumerate(batches):
+            if micro == 0:  # this forward all-gathers: from here on every rank waits for the others
+                batches.mark_local()
             if self.keep_unsharded:  # reduce-scatter and reshard once, after the last micro-batch's backward
                 self.model.set_requires_gradient_sync(last)
                 self.model.set_reshard_after_backward(last)
@@ -143,7 +152,8 @@ class FSDPStrategy(Strategy):
         for block in self.blocks if self.keep_unsharded else ():
             block.set_reshard_after_forward(True)  # evaluation keeps one block gathered at a time
         norm, applied = self._apply()
-        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"])
+        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"],
+                          batches.local_s)
 
     def _apply(self) -> tuple[torch.Tensor, bool]:
         """Clip and step unless the global gradient norm is NaN/Inf (then every rank drops its shards' gradients)."""

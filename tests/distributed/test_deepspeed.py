@@ -30,7 +30,9 @@ def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, single_run, tmp_path, stage):
-    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}"])
+    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the single process's losses
+    extra = ["--activation_checkpointing=True"] if stage == 3 else []
+    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}", *extra])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
     print(f"ZeRO-{stage} vs single, largest loss difference over 10 iterations: {worst:.2e}")
