@@ -1,5 +1,6 @@
 """Run under torchrun by the tests: the peak memory each rank's model build adds, FSDP and ZeRO-3 against a plain
-build, and whether the sharded builds hold the plain build's weights. Writes build_memory_rank{R}.json to argv[1].
+build, whether the sharded builds hold the plain build's weights, and whether whole weights given afterwards
+(as a pretrained snapshot is) load into them. Writes build_memory_rank{R}.json to argv[1].
 
 Peak memory is the kernel's own high-water mark of resident memory (VmHWM), reset before each build through
 /proc/self/clear_refs. The test sets MALLOC_MMAP_THRESHOLD_, so every tensor's memory is mapped and returned to
@@ -66,5 +67,16 @@ for n, p in models["zero3"].named_parameters():
     with deepspeed.zero.GatheredParameters([p]):
         same = same and torch.equal(p.data, whole[n].detach())
 results["zero3_same_weights"] = same
+other = {name: torch.randn_like(p) for name, p in plain.state_dict().items()}  # what a snapshot would hand over
+other["lm_head.weight"] = other["transformer.wte.weight"]  # tied, as in any GPT-2 snapshot
+for name in strategies:
+    results[f"{name}_strategy"].load_weights(models[name], other, "a test snapshot")
+results["fsdp_loads_weights"] = all(torch.equal(p.to_local(), dim0_shard(other[n], denv.rank, denv.world_size))
+                                    for n, p in models["fsdp"].named_parameters())
+same = True
+for n, p in models["zero3"].named_parameters():
+    with deepspeed.zero.GatheredParameters([p]):
+        same = same and torch.equal(p.data, other[n])
+results["zero3_loads_weights"] = same
 results = {k: v for k, v in results.items() if not k.endswith("_strategy")}
 (out_dir / f"build_memory_rank{os.environ['RANK']}.json").write_text(json.dumps(results))

@@ -26,13 +26,14 @@ from tests.launch.test_bad_inputs import entry
 
 @pytest.mark.parametrize("per_rank", [1, 4])
 def test_fsdp_losses_match_one_process(tiny_data, tmp_path_factory, tmp_path, fsdp_two_ranks, per_rank):
-    """20 iterations on 2 ranks: with 4 micro-batches per rank (resharding after each), and with one."""
+    """20 iterations on 2 ranks: with 4 micro-batches per rank (resharding after each), and with one (and
+    activation checkpointing, which recomputes each block in the backward: the same losses)."""
     flags = {**FSDP_RUN, "gradient_accumulation_steps": 2 * per_rank}
     if per_rank == 4:
         out = fsdp_two_ranks
     else:
         out = tmp_path
-        result = torchrun(["--strategy=fsdp", *tiny_argv(tiny_data, out, **flags)])
+        result = torchrun(["--strategy=fsdp", "--activation_checkpointing=True", *tiny_argv(tiny_data, out, **flags)])
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     single = reference_run(tiny_data, tmp_path_factory, flags)
     worst = assert_close(losses(out), losses(single), 1e-5)
@@ -111,7 +112,7 @@ def test_a_sharded_build_draws_what_a_plain_build_draws_and_refuses_what_it_cann
 def test_no_rank_holds_the_whole_model_while_fsdp_or_zero3_builds_it(tmp_path):
     """Peak resident memory added by each build, per rank of 2, at 25M parameters (101 MB): a sharded build stays
     well under the model's size, a plain build reaches it (so the measure can fail); the weights are the plain
-    build's."""
+    build's, and whole weights given afterwards (a pretrained snapshot) land in each rank's shards."""
     pytest.importorskip("deepspeed")
     result = torchrun([str(tmp_path)], script="tests/distributed/build_memory_worker.py",
                       env={"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"})
@@ -122,6 +123,7 @@ def test_no_rank_holds_the_whole_model_while_fsdp_or_zero3_builds_it(tmp_path):
         assert r["plain"] >= 0.95 * size, r
         assert r["fsdp"] <= 0.7 * size and r["zero3"] <= 0.75 * size, r
         assert r["fsdp_same_weights"] and r["zero3_same_weights"], r
+        assert r["fsdp_loads_weights"] and r["zero3_loads_weights"], r
         print(f"rank {rank}: peak memory added by the build, as a share of the model's {size / 2**20:.0f} MiB: "
               f"FSDP {r['fsdp'] / size:.2f}, ZeRO-3 {r['zero3'] / size:.2f}, plain {r['plain'] / size:.2f}")
 
@@ -131,3 +133,11 @@ def test_fsdp_refuses_fp16_and_is_never_picked_by_auto():
         FSDPStrategy(DistEnv(), torch.device("cpu"), torch.float16, local_accum=1, grad_clip=1.0)
     assert choose_strategy(load_config(["--strategy=auto"]), DistEnv(world_size=4, launcher="torchrun")) == "ddp"
     assert choose_strategy(load_config(["--strategy=fsdp"]), DistEnv()) == "fsdp"
+
+
+def test_fsdp_finetunes_from_a_pretrained_snapshot(offline_gpt2, gpt2_data, tmp_path, one_process_group):
+    """--init_from=<snapshot> under FSDP: the same losses as one process starting from the same snapshot."""
+    flags = dict(dataset="tinygpt2", init_from=str(offline_gpt2[1]), max_iters=3, eval_interval=3, dropout=0.0)
+    Trainer(build_run(load_config(tiny_argv(gpt2_data, tmp_path / "single", **flags)))).run()
+    Trainer(build_run(load_config(tiny_argv(gpt2_data, tmp_path / "fsdp", strategy="fsdp", **flags)))).run()
+    assert_close(losses(tmp_path / "fsdp"), losses(tmp_path / "single"), 1e-6)
