@@ -103,7 +103,10 @@ class FSDPStrategy(Strategy):
         if self.device.type == "cuda":
             free = torch.cuda.mem_get_info(self.device)[0]
         else:  # the ranks on this machine share its memory
-            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            try:
+                free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            except (ValueError, OSError):  # not every system can say (macOS): assume it is short
+                free = 0
             free //= int(os.environ.get("LOCAL_WORLD_SIZE", self.denv.world_size))
         fits = need <= free // 4 if self.accumulation == "auto" else self.accumulation == "unsharded"
         if self.denv.is_main:
