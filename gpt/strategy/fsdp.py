@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_model_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
@@ -50,7 +50,7 @@ from gpt.distributed import DEFAULT_DIST_TIMEOUT_S, DistEnv, init_process_group
 from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
-from gpt.strategy.sharded_init import ShardFiller
+from gpt.strategy.sharded_init import ShardFiller, copy_rows
 
 
 class FSDPStrategy(Strategy):
@@ -87,7 +87,8 @@ class FSDPStrategy(Strategy):
     def load_weights(self, model: GPT, weights: dict[str, torch.Tensor], source: str) -> None:
         """Every rank holds the whole snapshot here and keeps its rows of each tensor."""
         check_model_state({k: v.shape for k, v in model.state_dict().items()}, weights, source)
-        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+        for name, p in model.named_parameters():
+            copy_rows(p.to_local(), weights[name], self.denv.rank, self.denv.world_size)
 
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         self.model = model

@@ -72,6 +72,15 @@ def dim0_shard(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return chunks[rank] if rank < len(chunks) else full[0:0]
 
 
+def copy_rows(shard: torch.Tensor, full: torch.Tensor, rank: int, world: int) -> None:
+    """Copy this rank's rows of `full` into its local `shard` of a dim-0 sharded parameter."""
+    rows = dim0_shard(full, rank, world)
+    if shard.shape != rows.shape:  # FSDP laid the shard out otherwise than DTensor's Shard(0)
+        raise RuntimeError(f"a local shard of shape {tuple(shard.shape)} for rows {tuple(rows.shape)}")
+    with torch.no_grad():
+        shard.copy_(rows)
+
+
 class ShardFiller:
     """Fill an FSDP model's local shards with exactly the weights a plain build of `make` would have.
 
@@ -113,12 +122,8 @@ class ShardFiller:
         slot: dict[int, Optional[torch.Tensor]] = {}  # id(placeholder) -> the shard its values go to
 
         def write(placeholder: torch.Tensor, full: torch.Tensor) -> None:
-            target = slot[id(placeholder)]
-            if target is not None:
-                rows = dim0_shard(full, self.rank, self.world)
-                if target.shape != rows.shape:  # FSDP laid the shard out otherwise than DTensor's Shard(0)
-                    raise RuntimeError(f"shard of shape {tuple(target.shape)} for rows {tuple(rows.shape)}")
-                target.copy_(rows)
+            if slot[id(placeholder)] is not None:
+                copy_rows(slot[id(placeholder)], full, self.rank, self.world)
 
         def hook(module: nn.Module, name: str, param: Optional[nn.Parameter]) -> Optional[nn.Parameter]:
             if param is None or id(param) in slot:
