@@ -26,7 +26,7 @@ import kernels
 from data.dataset import Dataset, open_dataset
 from data.loader import BatchLoader, local_micro_batches
 from gpt.atomic import write_text_atomic
-from gpt.checkpoint import check_resumable, has_checkpoint, load_model_state
+from gpt.checkpoint import check_resumable, has_checkpoint
 from gpt.config import Config
 from gpt.distributed import DistEnv, init_process_group, rank_device, read_env
 from gpt.errors import GPTError
