@@ -54,7 +54,7 @@ class KVCache:
         the mask of these t tokens are worked out here once, not in each layer (measured on the
         2-core CPU: building the mask took ~35 us, a decode step's attention ~45 us with it).
         """
-        positions = self.pos + torch.arange(t, device=self.pos.device)
+        positions = self.pos if t == 1 else self.pos + torch.arange(t, device=self.pos.device)
         if t > 1 and int(positions[-1]) >= self.max_len:  # one host sync, for prompts only; decode steps stay async
             raise ValueError(f"a chunk of {t} tokens reaches position {int(positions[-1])}: the cache holds "
                              f"{self.max_len}; past it, feed one token at a time (or reset)")
@@ -73,8 +73,8 @@ class KVCache:
         int offset, which a compiled decode step would bake in (one graph per position); for a cache
         step it runs torch's SDPA anyway. Inference only: no dropout.
         """
-        self.k[layer].index_copy_(2, self.slots, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, self.slots, v.to(self.v.dtype))
+        self.k[layer].index_copy_(2, self.slots, k)
+        self.v[layer].index_copy_(2, self.slots, v)
         return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=self.mask)
 
     def advance(self, t: int) -> None:
@@ -196,7 +196,10 @@ class GPT(nn.Module):
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
-        """An empty KV cache for `batch` sequences, block_size slots long (the window the model was trained on)."""
+        """An empty KV cache for `batch` sequences, block_size slots long (the window the model was trained on).
+
+        `dtype` is the one keys and values are computed in: the weights', or autocast's under autocast.
+        """
         c = self.config
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
