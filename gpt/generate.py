@@ -1,23 +1,27 @@
 """Autoregressive sampling with a KV cache: temperature, top-k, top-p (nucleus), greedy.
 
-The context of each prediction is a window of at most block_size tokens, as in nanoGPT; what
-changes is how often the KV cache must be rebuilt once a sample outgrows it:
+The context of each prediction is a window of at most block_size tokens; what matters for
+speed is how often the KV cache must be rebuilt once a sample outgrows it:
 
-- learned positions (the model's `wpe` table): a token's position is its place in the window,
-  so when the window moves every key changes. The window therefore moves `window_shift` tokens
-  at a time: it starts at a multiple of the shift (`window_start`), the cache is rebuilt from it
-  once (a prefill), and the next window_shift - 1 tokens are one-token steps. window_shift=1 is
-  nanoGPT's window (a prefill of the whole block for every token); the default, half a block,
-  costs one prefill of half a block per half a block of tokens.
-- rotary positions (`pos_emb: rope`): attention sees only distances between positions, which
-  do not change when the window slides, so the cache rolls (`KVCache`: the oldest key is
-  overwritten) and every token is a one-token step with exactly nanoGPT's contexts.
+- the chunked window (learned positions, and any model given `window_shift`): the window
+  moves `window_shift` tokens at a time. It starts at a multiple of the shift
+  (`window_start`), the cache is rebuilt from it once (a prefill), and the next
+  window_shift - 1 tokens are one-token steps. window_shift=1 is nanoGPT's window (a prefill
+  of the whole block for every token); the default, half a block, costs one prefill of half a
+  block per half a block of tokens. Every prediction sees exactly its window, as the
+  cache-free path computing the same windows does (use_cache=False).
+- the rolling cache (rotary positions, `pos_emb: rope`, unless a window_shift is given):
+  attention scores depend only on distances between positions, so keys keep their
+  rotation and the cache just overwrites the oldest one: every token is one step, no
+  prefill ever again. This is sliding-window attention, exactly (tested): each layer
+  attends to the last block_size positions. It is not nanoGPT's crop-and-recompute: the
+  kept keys of layers above the first were computed while older tokens were still in
+  view, so those tokens still reach the prediction through the layers (with one layer the
+  two are the same). Pass window_shift=1 for nanoGPT's contexts exactly.
 
-The cache-free path (use_cache=False) computes the same contexts from scratch, so the cache
-changes the speed and never the text (beyond floating-point rounding). All rows of `idx` are
-generated as one batch; with one generator per row each row draws exactly what it would draw
-alone. With `compile`, the one-token step is compiled once for the cache's fixed shapes (CUDA
-graphs on a GPU); prefills of varying length stay eager.
+All rows of `idx` are generated as one batch; with one generator per row each row draws
+exactly what it would draw alone. With `compile`, the one-token step is compiled once for
+the cache's fixed shapes (CUDA graphs on a GPU); prefills of varying length stay eager.
 """
 from __future__ import annotations
 
@@ -61,13 +65,28 @@ def next_token(logits: torch.Tensor, temperature: float, top_k: Optional[int], t
 
 
 def rolls_cache(model: GPT) -> bool:
-    """Whether the model's cache rolls past block_size (rotary positions) instead of re-anchoring the window."""
+    """Whether the model can roll its cache past block_size (rotary positions: keys never need re-rotating)."""
     return getattr(model.config, "pos_emb", "learned") == "rope"
 
 
 def default_window_shift(block_size: int) -> int:
     """Half a block: one prefill of half a block per half a block of new tokens."""
     return max(1, block_size // 2)
+
+
+def window_plan(model: GPT, window_shift: Optional[int], use_cache: bool) -> tuple[bool, int]:
+    """(rolling, shift): whether the cache rolls, and how far the window jumps when it must move.
+
+    A RoPE model with a cache and no window_shift rolls; without a cache it then crops as
+    nanoGPT does (shift 1), the nearest cache-free equivalent. Otherwise the window moves by
+    window_shift, half a block by default.
+    """
+    block = model.config.block_size
+    rope = rolls_cache(model)
+    shift = window_shift or (1 if rope else default_window_shift(block))
+    if not 1 <= shift <= block:
+        raise ValueError(f"window_shift={shift} must be in 1 .. block_size={block}")
+    return rope and use_cache and window_shift is None, shift
 
 
 def window_start(length: int, block_size: int, shift: int) -> int:
@@ -100,10 +119,10 @@ class CachedDecoder:
     mode reduce-overhead (CUDA graphs), with the cache's tensors at fixed addresses.
     """
 
-    def __init__(self, model: GPT, batch: int, device: torch.device, compile: bool = False):
+    def __init__(self, model: GPT, batch: int, device: torch.device, rolling: bool = False, compile: bool = False):
         self.model = model
         self.cache = model.new_cache(batch, device, cache_dtype(model, device))
-        self.rolling = rolls_cache(model)
+        self.rolling = rolling  # past block_size, steps roll the cache instead of a new window's prefill
         self.start: Optional[int] = None  # where the cached window starts in the sequence
         self.cuda_graphs = compile and device.type == "cuda"
         self.step: Callable[[GPT, torch.Tensor, KVCache], torch.Tensor] = decode_step
@@ -135,16 +154,14 @@ def generate_stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperat
                     compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield (B, 1) new ids one at a time after the prompts idx (B, T), all rows as one batch.
 
-    window_shift (learned positions only; None = half a block) says how the context window
-    moves (see `window_start`); RoPE models keep nanoGPT's one-token slide through a rolling
-    cache. use_cache=False recomputes each context from scratch: the same contexts, the cost of
-    a full forward per token. `compile` compiles the cached one-token step.
+    window_shift says how the context window moves once full (see `window_start`; None = half
+    a block, or for a RoPE model with a cache: roll the cache). use_cache=False recomputes each
+    window from scratch: the same windows, the cost of a full forward per token. `compile`
+    compiles the cached one-token step.
     """
     block = model.config.block_size
-    shift = 1 if rolls_cache(model) else window_shift or default_window_shift(block)
-    if not 1 <= shift <= block:
-        raise ValueError(f"window_shift={shift} must be in 1 .. block_size={block}")
-    decoder = CachedDecoder(model, idx.size(0), idx.device, compile) if use_cache else None
+    rolling, shift = window_plan(model, window_shift, use_cache)
+    decoder = CachedDecoder(model, idx.size(0), idx.device, rolling, compile) if use_cache else None
     for _ in range(max_new_tokens):
         start = window_start(idx.size(1), block, shift)
         if decoder is None:

@@ -32,9 +32,9 @@ class KVCache:
     slots written so far; stale slots after a `reset` are masked too, so nothing is cleared.
 
     A chunk of several tokens (a prompt) must fit in the slots left. Single tokens may go on past
-    max_len: each then overwrites the oldest key, and the cache holds the last max_len tokens. That
-    rolling is exact for rotary positions (attention sees only distances, which do not change when
-    the oldest key goes); with learned positions a token can have no position past block_size, so
+    max_len: each then overwrites the oldest key, and every layer attends to the last max_len
+    positions (sliding-window attention). That suits rotary positions, whose scores depend only
+    on distances; with learned positions a token can have no position past block_size, so
     gpt/generate.py re-anchors the window instead (`reset` and a new prefill).
     """
 

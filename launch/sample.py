@@ -49,10 +49,10 @@ class SampleConfig:
     output_dir: str = opt("shakespeare_output", "where sample_NNN.txt and index.json are written")
     use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token: the same "
                                    "text, slower; with --window_shift=1 exactly nanoGPT)")
-    window_shift: Optional[int] = opt(None, "learned positions: once a sample fills the block, the context moves this "
-                                            "many tokens at a time, each move one prefill; None = half a block; "
-                                            "1 = nanoGPT's window (the whole block re-read per token). RoPE models "
-                                            "roll the cache one token at a time whatever it says")
+    window_shift: Optional[int] = opt(None, "once a sample fills the block, the context moves this many tokens at a "
+                                            "time, each move one prefill; 1 = nanoGPT's window (the whole block "
+                                            "re-read per token); None = half a block, or for RoPE models a rolling "
+                                            "cache (sliding-window attention, no re-read)")
     compile: bool = opt(False, "torch.compile the one-token decode step (CUDA graphs on a GPU); the first one "
                                "compiles for a while")
     stream: bool = opt(False, "print the first sample token by token as it is generated; the same text as without it")
