@@ -47,14 +47,15 @@ class SampleConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU) | float32 | bfloat16 | float16")
     output_dir: str = opt("shakespeare_output", "where sample_NNN.txt and index.json are written")
-    use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token: the same "
-                                   "text, slower; with --window_shift=1 exactly nanoGPT)")
+    use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token: slower, "
+                                   "the same text except where a RoPE model's cache would roll; with "
+                                   "--window_shift=1 exactly nanoGPT)")
     window_shift: Optional[int] = opt(None, "once a sample fills the block, the context moves this many tokens at a "
                                             "time, each move one prefill; 1 = nanoGPT's window (the whole block "
                                             "re-read per token); None = half a block, or for RoPE models a rolling "
                                             "cache (sliding-window attention, no re-read)")
-    compile: bool = opt(False, "torch.compile the one-token decode step (CUDA graphs on a GPU); the first one "
-                               "compiles for a while")
+    compile: bool = opt(False, "torch.compile the one-token decode step (CUDA graphs on a GPU); compiling takes "
+                               "~20-60 s on a CPU, so it pays off for long runs")
     stream: bool = opt(False, "print the first sample token by token as it is generated; the same text as without it")
 
 
