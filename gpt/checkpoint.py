@@ -236,7 +236,8 @@ def check_resumable(saved: dict[str, Any], model: ModelConfig, tokenizer: dict[s
             for f in dataclasses.fields(ModelConfig) if getattr(theirs, f.name) != getattr(model, f.name)]
     if diff:
         raise GPTError(f"cannot resume from {out_dir}: the model differs ({'; '.join(diff)}). "
-                       "Resume with the config the run started with, or start fresh in another --out_dir.")
+                       "Resume with the config the run started with (the run's resolved copy is "
+                       f"{Path(out_dir) / 'config.yaml'}), or start fresh in another --out_dir.")
     if saved["tokenizer"] != tokenizer:
         raise GPTError(f"cannot resume from {out_dir}: it was trained on another vocabulary than dataset "
                        f"{dataset!r} has now. Use the dataset it was trained on.")

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt.config import KernelConfig, ModelConfig
 from kernels import attention, cross_entropy, fused_linear_cross_entropy, layer_norm
@@ -151,13 +152,16 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, dropout: float = 0.0, kernels: Optional[KernelConfig] = None):
+    def __init__(self, config: ModelConfig, dropout: float = 0.0, kernels: Optional[KernelConfig] = None,
+                 activation_checkpointing: bool = False):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size must be set (it comes from the dataset's tokenizer)")
         self.config = config
         # one object shared by every module: assigning model.kernels' fields switches them all
         self.kernels = dataclasses.replace(kernels) if kernels is not None else KernelConfig()
+        # training keeps only each block's input and recomputes the block in the backward (a runtime choice)
+        self.activation_checkpointing = activation_checkpointing
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
@@ -221,7 +225,11 @@ class GPT(nn.Module):
             pos = cache.positions(t)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
-            x = block(x, cache)
+            if self.activation_checkpointing and self.training and cache is None:
+                # non-reentrant: works under compile, DDP and ZeRO; dropout's RNG state is replayed exactly
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, cache)
         if cache is not None:
             cache.advance(t)
         x = self.transformer.ln_f(x)

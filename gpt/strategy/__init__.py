@@ -30,7 +30,7 @@ def build_strategy(cfg: Config, denv: DistEnv, device: torch.device, dtype: torc
     if name == "deepspeed":
         from gpt.strategy.deepspeed import DeepSpeedStrategy
         return DeepSpeedStrategy(*args, ds_config=cfg.dist.ds_config, zero_stage=cfg.dist.zero_stage,
-                                 micro_batch=cfg.data.batch_size, debug=debug)
+                                 micro_batch=cfg.data.batch_size, dist_timeout_s=cfg.dist.dist_timeout, debug=debug)
     if name == "ddp":
         from gpt.strategy.ddp import DDPStrategy
         return DDPStrategy(*args)

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
 from gpt.checkpoint import commit_folder_checkpoint, entry_name, folder_client_state
-from gpt.distributed import DistEnv, barrier, ensure_single_process_env
+from gpt.distributed import DistEnv, barrier, collective_timeout, ensure_single_process_env
 from gpt.errors import GPTError
 from gpt.model import GPT
-from gpt.strategy.base import Batch, StepResult, Strategy
+from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 from gpt.strategy.deepspeed_config import load_ds_config, resolve_ds_config
 
 
@@ -41,7 +40,8 @@ class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
     def __init__(self, denv: DistEnv, device: torch.device, dtype: torch.dtype, local_accum: int, grad_clip: float,
-                 *, ds_config: str, zero_stage: int | None, micro_batch: int, debug: bool = False):
+                 *, ds_config: str, zero_stage: int | None, micro_batch: int, dist_timeout_s: float,
+                 debug: bool = False):
         super().__init__(denv, device, dtype, local_accum, grad_clip)
         self.deepspeed = import_deepspeed()
         if not debug:
@@ -53,7 +53,8 @@ class DeepSpeedStrategy(Strategy):
                                         local_accum=local_accum, world_size=denv.world_size, grad_clip=grad_clip,
                                         dtype=dtype, zero_stage=zero_stage)
         self.zero_stage = self.config["zero_optimization"]["stage"]
-        self.deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+        self.deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo",
+                                        timeout=collective_timeout(dist_timeout_s))
 
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         self.client_optimizer = optimizer
@@ -80,12 +81,9 @@ class DeepSpeedStrategy(Strategy):
             group["lr"] = lr
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
-        data_s = 0.0
-        for micro in range(self.local_accum):
-            t0 = time.perf_counter()
-            x, y = next_batch()
-            data_s += time.perf_counter() - t0
-            if self.engine.is_gradient_accumulation_boundary() != (micro == self.local_accum - 1):
+        batches = MicroBatches(next_batch, self.local_accum, self.device)
+        for last, x, y in batches:
+            if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation counter and the strategy's micro-steps disagree")
             loss = self.loss(x, y)
             if not self.engine_skips_nonfinite() and self.any_rank(not bool(torch.isfinite(loss.detach()))):
@@ -93,11 +91,14 @@ class DeepSpeedStrategy(Strategy):
                                f"{str(self.dtype).removeprefix('torch.')}, where the engine would apply the step "
                                "instead of skipping it. The last checkpoint is intact: resume from it with a lower "
                                "--learning_rate or a stricter --grad_clip.")
+            if last:  # the engine reduces gradients in this backward: the ranks start waiting for each other
+                batches.mark_local()
             self.engine.backward(loss)
             self.engine.step()
             total += loss.detach().float()
         return StepResult(total / self.local_accum, self.engine.get_global_grad_norm(),
-                          self.engine.skipped_steps == skipped, data_s, self.client_optimizer.param_groups[0]["lr"])
+                          self.engine.skipped_steps == skipped, batches.data_s,
+                          self.client_optimizer.param_groups[0]["lr"], batches.local_s)
 
     def engine_skips_nonfinite(self) -> bool:
         """Whether the engine itself skips a step with NaN/Inf gradients (DeepSpeed 0.19): fp16 loss scaling

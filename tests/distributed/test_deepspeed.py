@@ -30,7 +30,9 @@ def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, single_run, tmp_path, stage):
-    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}"])
+    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the single process's losses
+    extra = ["--activation_checkpointing=True"] if stage == 3 else []
+    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}", *extra])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
     print(f"ZeRO-{stage} vs single, largest loss difference over 10 iterations: {worst:.2e}")
@@ -55,7 +57,7 @@ def test_zero2_saves_and_resumes_with_the_same_losses(tiny_data, single_run, tmp
     assert "resuming from" in second.stdout
     worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
     print(f"ZeRO-2 (saved at 5, resumed) vs single, largest loss difference: {worst:.2e}")
-    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000010"]  # superseded tags are removed
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-0000010"]  # superseded tags are removed
 
 
 def test_single_process_zero0_without_a_launcher(tiny_data, single_run, tmp_path):

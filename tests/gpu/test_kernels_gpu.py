@@ -52,7 +52,7 @@ def attention_grads(fn, q, k, v, do):
 def test_flash_attention_bf16_is_as_accurate_as_sdpa(poison, shape):
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(shape, device=CUDA, dtype=torch.bfloat16) for _ in range(4))
-    ours = attention_grads(lambda *a: kernels.flash_attention(*a, impl="triton"), q, k, v, do)
+    ours = attention_grads(lambda *a: kernels.attention(*a, impl="triton"), q, k, v, do)
     sdpa = attention_grads(lambda *a: F.scaled_dot_product_attention(*a, is_causal=True), q, k, v, do)
     exact = attention_grads(lambda *a: attention_math(*a), q.double(), k.double(), v.double(), do.double())
     assert_as_good_as_torch(ours, sdpa, exact)
