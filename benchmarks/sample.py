@@ -32,7 +32,7 @@ from data.tokenizer import tokenizer_from_meta
 from gpt.checkpoint import load_checkpoint, model_from_checkpoint
 from gpt.errors import GPTError
 from gpt.flags import choice, opt, parse_args
-from gpt.generate import default_window_shift, generate, rolls_cache
+from gpt.generate import generate, window_plan
 from gpt.runtime import DTYPES, autocast, check_device_name, resolve_device, resolve_dtype
 
 USAGE = "usage: python launch/bench.py sample --out_dir=RUN [--key=value ...]"
@@ -155,16 +155,16 @@ def run(model: torch.nn.Module, ids: torch.Tensor, variants: list[Variant], benc
     return results
 
 
-def table(results: list[Result], block_size: int, tokens: int, rolling: bool = False) -> str:
-    """Markdown, one row per variant, with the speed-up over the first row taken round by round.
-    `rolling`: a RoPE model, whose window always moves one token at a time."""
+def table(results: list[Result], model: torch.nn.Module, tokens: int) -> str:
+    """Markdown, one row per variant, with the speed-up over the first row taken round by round."""
     base = results[0]
     lines = [f"| variant | KV cache | window moves by | samples | compile | s per run, median (min-max) | "
              f"tokens/s | first run s | text | speed vs {base.variant.name}, paired by round |",
              "| --- | --- | --- | --- | --- | ---: | ---: | ---: | :---: | ---: |"]
     for r in results:
         v = r.variant
-        shift = "1 (rolling cache)" if rolling else v.shift or default_window_shift(block_size)
+        rolling, shift = window_plan(model, v.shift, v.cache)
+        shift = f"{shift} (rolling cache)" if rolling else shift
         med = statistics.median(r.seconds)
         lines.append(f"| {v.name} | {'yes' if v.cache else 'no'} | {shift} | {'one at a time' if v.serial else 'batch'} | "
                      f"{'yes' if v.compile else 'no'} | {med:.2f} ({min(r.seconds):.2f}-{max(r.seconds):.2f}) | "
@@ -198,4 +198,4 @@ def main(argv: list[str]) -> None:
           f"({len(prompt)} tokens), temperature {bench.temperature}, top_k {bench.top_k}; {device}, "
           f"{str(dtype).removeprefix('torch.')}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
           f"{bench.rounds} rounds after one warm-up run each\n")
-    print(table(results, c.block_size, bench.num_samples * bench.max_new_tokens, rolls_cache(model)))
+    print(table(results, model, bench.num_samples * bench.max_new_tokens))
