@@ -178,3 +178,39 @@ def test_rope_generation_rolls_the_cache_and_window_shift_1_gives_nanogpts_conte
         nanogpt = reference(m, torch.tensor([[1, 2, 3]]), 40, 3, shift=1, **kw)
         assert torch.equal(run(m, True, window_shift=1, **kw), nanogpt)
         assert torch.equal(run(m, False, **kw), nanogpt)  # without a cache: nanoGPT's crop
+
+
+def test_greedy_is_deterministic_whatever_the_seed():
+    m = model()
+    assert torch.equal(run(m, True, seed=1, temperature=0.0), run(m, True, seed=2, temperature=0.0))
+
+
+def test_output_keeps_the_prompt_and_adds_max_new_tokens():
+    out = run(model(), True)
+    assert out.shape == (1, 43) and out[0, :3].tolist() == [1, 2, 3]
+
+
+def test_top_k_keeps_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0]])
+    kept = torch.isfinite(filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    probs = torch.tensor([[0.05, 0.5, 0.3, 0.15]])
+    logits = probs.log()
+    assert torch.isfinite(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.8)).tolist() == [[False, True, True, False]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.81)).tolist() == [[False, True, True, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=1.0)).all()
+
+
+def test_streamed_text_holds_back_split_characters_and_equals_the_whole_decode():
+    # a byte-level tokenizer: one id per UTF-8 byte, so 'é' and '☃' each span several ids
+    decode = lambda ids: bytes(ids).decode("utf-8", errors="replace")
+    ids = list("héllo ☃ snow".encode("utf-8"))
+    pieces = list(decode_stream(iter(ids), decode))
+    assert "".join(pieces) == decode(ids) == "héllo ☃ snow"
+    assert "\ufffd" not in "".join(pieces) and "é" in pieces and "☃" in pieces
+    truncated = ids[:-len("☃ snow".encode()) + 1]  # ends inside the snowman: given out as it decodes
+    assert "".join(decode_stream(iter(truncated), decode)) == decode(truncated)
