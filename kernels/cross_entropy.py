@@ -90,6 +90,12 @@ class CrossEntropyTiles:
     block_v: int
     warps: int
 
+    @property
+    def shared_kib(self) -> int:
+        """An upper bound on the shared memory a block needs (the row reductions' scratch), checked by
+        kernels/gpu_compile.py on every compile-checked GPU."""
+        return 4
+
     def label(self) -> str:
         return f"{self.block_m}x{self.block_v} w{self.warps}"
 

@@ -322,15 +322,16 @@ INTERPRETER_TILES = AttentionTiles(block_m=64, block_n=32, block_big=64, block_s
 # GPU tiles by (BLOCK_D, bytes per element), largest first: a launch takes the first whose shared_kib
 # fits the device's shared memory per block. Chosen with `python -m kernels.gpu_compile`, whose table
 # (docs/benchmarks.md) gives each one's shared memory, registers and spills on sm_80, sm_89 and sm_90.
+# 8 warps everywhere: with 4, the 128x64 forward spilled 240 bytes a thread on sm_80 with dropout (255
+# registers) and the 128x32 backward 300-1600 bytes; with 8, the forward does not spill and the backward
+# at most 16 bytes (sm_80, dropout). fp32 takes 64x32 tiles (64x16 in the backward): its dots are FMA
+# loops, and 128x64 spilled 40-100 KB a thread and needed 112-160 KiB.
+_HALF_UP_TO_64 = AttentionTiles(128, 64, 128, 32, warps=8, stages=3, shared_kib=64)
+_HALF_128 = AttentionTiles(128, 64, 64, 32, warps=8, stages=2, shared_kib=96)
+_FP32 = AttentionTiles(64, 32, 64, 16, warps=8, stages=2, shared_kib=96)
 GPU_TILES: dict[tuple[int, int], tuple[AttentionTiles, ...]] = {
-    (16, 2): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=64),),
-    (32, 2): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=64),),
-    (64, 2): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=64),),
-    (128, 2): (AttentionTiles(128, 64, 64, 32, warps=8, stages=2, shared_kib=96),),
-    (16, 4): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=128),),
-    (32, 4): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=128),),
-    (64, 4): (AttentionTiles(128, 64, 128, 32, warps=4, stages=3, shared_kib=128),),
-    (128, 4): (AttentionTiles(128, 64, 64, 32, warps=8, stages=2, shared_kib=160),),
+    (16, 2): (_HALF_UP_TO_64,), (32, 2): (_HALF_UP_TO_64,), (64, 2): (_HALF_UP_TO_64,), (128, 2): (_HALF_128,),
+    (16, 4): (_FP32,), (32, 4): (_FP32,), (64, 4): (_FP32,), (128, 4): (_FP32,),
 }
 
 

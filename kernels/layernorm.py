@@ -94,6 +94,12 @@ class LayerNormTiles:
     block_n: int
     warps: int
 
+    @property
+    def shared_kib(self) -> int:
+        """An upper bound on the shared memory a block needs (the reductions' scratch), checked by
+        kernels/gpu_compile.py on every compile-checked GPU."""
+        return max(4, self.block_n // 512)
+
     def label(self) -> str:
         return f"{self.block_m}x{self.block_n} w{self.warps}"
 
