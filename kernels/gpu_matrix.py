@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import itertools
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -72,7 +73,7 @@ class Case:
 
 
 class _Recorder:
-    def __init__(self, kernel: triton_jit.JITFunction, log: list) -> None:
+    def __init__(self, kernel: triton_jit.KernelInterface, log: list) -> None:
         self.kernel, self.log = kernel, log
 
     def __getitem__(self, grid: Any) -> Callable[..., None]:
@@ -81,9 +82,13 @@ class _Recorder:
 
 @contextlib.contextmanager
 def recording(module: ModuleType) -> Iterator[list]:
-    """Swap a module's @triton.jit kernels for recorders; yields the list of (kernel, args, kwargs) launched."""
+    """Swap a module's @triton.jit kernels for recorders; yields the list of (kernel, args, kwargs) launched.
+
+    Works under TRITON_INTERPRET=1 too (the kernels are then interpreter functions), so the tests can
+    enumerate the matrix in-process; compiling needs a process without it.
+    """
     log: list = []
-    kernels = {name: v for name, v in vars(module).items() if isinstance(v, triton_jit.JITFunction)}
+    kernels = {name: v for name, v in vars(module).items() if isinstance(v, triton_jit.KernelInterface)}
     for name, kernel in kernels.items():
         setattr(module, name, _Recorder(kernel, log))
     try:
@@ -93,17 +98,25 @@ def recording(module: ModuleType) -> Iterator[list]:
             setattr(module, name, kernel)
 
 
-def job_from_launch(kernel: triton_jit.JITFunction, args: tuple, kwargs: dict, target: Target,
+def _constexpr_names(fn: Callable) -> set[str]:
+    # the parameters annotated tl.constexpr (a string under `from __future__ import annotations`)
+    return {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+
+
+def job_from_launch(kernel: triton_jit.KernelInterface, args: tuple, kwargs: dict, target: Target,
                     shared_bound: int, problem: str) -> Job:
     """The compile triton's JIT would make for this launch: each argument specialised as the JIT does it
     (dtype, integer width, divisible by 16, an integer equal to 1 folded into a constant)."""
-    bound = dict(zip(kernel.arg_names, args))
+    fn = kernel.fn
+    names = list(inspect.signature(fn).parameters)
+    bound = dict(zip(names, args))
     bound.update({k: v for k, v in kwargs.items() if k not in _OPTIONS})
     options = tuple(sorted((k, v) for k, v in kwargs.items() if k in _OPTIONS))
+    const_names = _constexpr_names(fn)
     signature, constexprs, aligned = [], [], []
-    for i, name in enumerate(kernel.arg_names):
+    for i, name in enumerate(names):
         value = bound[name]
-        if i in kernel.constexprs:
+        if name in const_names:
             signature.append((name, "constexpr"))
             constexprs.append((name, value))
             continue
@@ -113,7 +126,7 @@ def job_from_launch(kernel: triton_jit.JITFunction, args: tuple, kwargs: dict, t
             constexprs.append((name, spec))
         elif isinstance(spec, str) and "D" in spec:
             aligned.append(i)
-    return Job(kernel.__module__, kernel.__name__, tuple(signature), tuple(constexprs), tuple(aligned), options,
+    return Job(fn.__module__, fn.__name__, tuple(signature), tuple(constexprs), tuple(aligned), options,
                target, shared_bound, problem)
 
 
@@ -189,8 +202,10 @@ def cross_entropy_case(target: Target, vocab: int, dtype: torch.dtype, linear: b
             weight = torch.empty(vocab, HEADS_WIDTH, device="meta", dtype=dtype)
             _ce.linear_cross_entropy_forward(hidden, weight, targets, -1, 1024, tiles=tiles)
         else:
+            # n_valid given: counting the targets on meta tensors would import torch._dynamo (~5 s)
+            n_valid = torch.empty((), device="meta", dtype=torch.int64)
             _ce.cross_entropy_forward(torch.empty(B * T, vocab, device="meta", dtype=dtype), targets, -1,
-                                      tiles=tiles)
+                                      n_valid=n_valid, tiles=tiles)
 
     op = "linear cross-entropy" if linear else "cross-entropy"
     return Case(op, f"{op} V={vocab} {_SHORT[dtype]}", target, tiles, run, _ce)
