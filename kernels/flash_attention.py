@@ -324,15 +324,18 @@ INTERPRETER_TILES = AttentionTiles(block_m=64, block_n=32, block_big=64, block_s
 # (docs/benchmarks.md) gives each one's shared memory, registers and spills on sm_80, sm_89 and sm_90.
 # 8 warps everywhere: with 4, the 128x64 forward spilled 240 bytes a thread on sm_80 with dropout (255
 # registers) and the 128x32 backward 300-1600 bytes; with 8, the forward does not spill and the backward
-# at most 16 bytes (sm_80, dropout). fp32 takes 64x32 tiles (64x16 in the backward): its dots are FMA
-# loops, and 128x64 spilled 40-100 KB a thread and needed 112-160 KiB.
+# at most 16 bytes (sm_80, dropout).
+# No fp32 tiles: fp32 dots are exact (ieee, as torch's matmuls), i.e. FMA loops without tensor cores.
+# 128x64 tiles spilled 40-100 KB a thread and needed 112-160 KiB (over sm_89's 99); 64x32 fit (72-84 KiB,
+# no spills, sm_80, head dim 128) but took 40-110 s to compile per variant, which would put 56 such
+# compiles per GPU in the check, and the kernel would run far below torch's SDPA. fp32 attention on a GPU
+# is SDPA's (auto) or an error that says so (impl='triton').
 _HALF_UP_TO_64 = AttentionTiles(128, 64, 128, 32, warps=8, stages=3, shared_kib=64)
 _HALF_128 = AttentionTiles(128, 64, 64, 32, warps=8, stages=2, shared_kib=96)
-_FP32 = AttentionTiles(64, 32, 64, 16, warps=8, stages=2, shared_kib=96)
 GPU_TILES: dict[tuple[int, int], tuple[AttentionTiles, ...]] = {
     (16, 2): (_HALF_UP_TO_64,), (32, 2): (_HALF_UP_TO_64,), (64, 2): (_HALF_UP_TO_64,), (128, 2): (_HALF_128,),
-    (16, 4): (_FP32,), (32, 4): (_FP32,), (64, 4): (_FP32,), (128, 4): (_FP32,),
 }
+GPU_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def block_d(head_dim: int) -> int:
@@ -354,6 +357,10 @@ def _launch_tiles(q: torch.Tensor, blocks: AttentionTiles | dict[str, int] | Non
     if INTERPRETER or not q.is_cuda:
         return INTERPRETER_TILES
     head_dim = q.size(-1)
+    if q.dtype not in GPU_DTYPES:
+        raise GPTError(f"flash_attention's GPU kernel takes fp16 and bf16; got {q.dtype} (exact fp32 dots have no "
+                       "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=sdpa), "
+                       "or run under autocast (dtype=bfloat16).")
     tiles = gpu_tiles(head_dim, q.dtype, max_shared_memory(q.device))
     if tiles is None:
         raise GPTError(f"flash_attention: no tiles for head dim {head_dim} in {q.dtype} fit this GPU's "

@@ -139,15 +139,23 @@ def compile_all(jobs: list[Job], workers: int) -> list[Result]:
     """Compile the jobs in `workers` processes; results in the jobs' order."""
     order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))
     results: list[Result | None] = [None] * len(jobs)
+
+    def done(i: int, result: Result) -> None:
+        results[i] = result
+        count = sum(r is not None for r in results)
+        print(f"[{count}/{len(jobs)}] {_KERNEL_NAMES.get(result.job.kernel, result.job.kernel)}, "
+              f"{result.job.problem}, {result.job.target.name}: {result.status()} ({result.seconds:.1f} s)",
+              file=sys.stderr, flush=True)
+
     if workers <= 1:
         for i in order:
-            results[i] = compile_job(jobs[i])
+            done(i, compile_job(jobs[i]))
         return results
     # fork: the workers inherit the imported kernels (a Job names its kernel by module and name)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = {pool.submit(compile_job, jobs[i]): i for i in order}
         for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
+            done(futures[future], future.result())
     return results
 
 

@@ -226,7 +226,8 @@ def full_matrix(targets: tuple[Target, ...]) -> list[Case]:
     cases: list[Case | None] = []
     for target in targets:
         for d, dtype, causal, dropout in itertools.product(gpu_support.ATTENTION_CHECKED_HEAD_DIMS,
-                                                            gpu_support.DTYPES, (True, False), (False, True)):
+                                                            gpu_support.ATTENTION_TRITON_DTYPES, (True, False),
+                                                            (False, True)):
             cases.append(attention_case(target, d, dtype, causal, dropout))
         for d in gpu_support.ATTENTION_CHECKED_HEAD_DIMS:  # a prompt of any length: sampling's forward
             cases.append(attention_case(target, d, torch.bfloat16, True, False, t=T_RAGGED, backward=False))

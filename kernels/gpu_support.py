@@ -68,10 +68,8 @@ _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 # kernel would pad to 16 too, but no such head dim is compiled: they take the torch reference.
 ATTENTION_HEAD_DIMS = (16, 128)
 ATTENTION_CHECKED_HEAD_DIMS = (16, 24, 32, 48, 64, 96, 128)
-# fp32 attention takes torch's SDPA: our kernel's fp32 dots are exact-fp32 FMA loops (no tensor cores, to
-# match torch's default matmul precision), and its GPU tiles had to shrink to 64x32 to compile without
-# spilling (128x64 spilled 40-100 KB a thread on sm_80 and sm_90). impl='triton' still runs them.
-ATTENTION_TRITON_DTYPES = (torch.float16, torch.bfloat16)
+# fp32 attention takes torch's SDPA: the kernel has no GPU tiles for it (see GPU_TILES in flash_attention.py).
+ATTENTION_TRITON_DTYPES = _fa.GPU_DTYPES
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ def _torch(op: str, reason: str) -> Decision:
 def _size_problem(op: str, dtype: torch.dtype, size: int) -> str | None:
     if op == "attention":
         if dtype not in ATTENTION_TRITON_DTYPES:
-            return "fp32 attention runs torch's SDPA: our kernel's exact-fp32 dots use no tensor cores"
+            return "fp32 attention runs torch's SDPA: our kernel's exact-fp32 dots have no GPU tiles"
         lo, hi = ATTENTION_HEAD_DIMS
         if not lo <= size <= hi:
             return f"head dim {size}: the kernel is compile-checked for head dims {lo}-{hi}"
