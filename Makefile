@@ -59,3 +59,9 @@ gpu-check:
 .PHONY: bench
 bench: data
 	$(PY) launch/bench.py train $(BENCH_ARGS)
+
+# Compile every Triton kernel we launch for sm_80, sm_89 and sm_90 without a GPU, and check shared memory,
+# registers and spills (docs/benchmarks.md, "GPU compile check (no GPU needed)"). Triton's cache makes reruns quick.
+.PHONY: gpu-compile
+gpu-compile: venv
+	$(PY) -m kernels.gpu_compile
