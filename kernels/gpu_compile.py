@@ -137,11 +137,10 @@ def _cpu_seconds() -> float:
 
 
 def _cost(job: Job) -> int:
-    # longest first, so that two workers finish together: the backward with dropout compiles in 10-60 s,
-    # a LayerNorm or cross-entropy kernel in about one
-    consts = dict(job.constexprs)
-    return ((job.kernel == "_bwd_kernel") * 4 + (job.kernel == "_fwd_kernel") * 2 + bool(consts.get("DROPOUT"))
-            + ("fp32" in job.config()) * 2)
+    # longest first, so that the workers finish together: an attention backward with dropout takes 10-25
+    # CPU-seconds, a LayerNorm or cross-entropy kernel about one
+    dropout = bool(dict(job.constexprs).get("DROPOUT"))
+    return (job.kernel == "_bwd_kernel") * 4 + (job.kernel == "_fwd_kernel") * 2 + dropout
 
 
 def compile_all(jobs: list[Job], workers: int) -> list[Result]:
@@ -189,18 +188,28 @@ def table(results: list[Result]) -> str:
 
 
 def summary(results: list[Result], targets: tuple[Target, ...], wall: float) -> str:
-    """Per target: compiles, failures, the most shared memory, how many spill and the most they spill."""
-    lines = []
+    """A markdown table per target and kernel: compiles, failures, the most shared memory and registers,
+    how many spill and the most they spill; then the totals."""
+    rows = ["| target | kernel | compiles | failed | max shared KiB / limit | max registers | spilling "
+            "| max spill stores, bytes | compile CPU-s |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for t in targets:
-        mine = [r for r in results if r.job.target == t]
-        ok = [r for r in mine if not r.error]
-        spilling = [r for r in ok if r.spill_stores or r.spill_loads]
-        lines.append(f"{t.name} ({t.gpus}): {len(mine)} compiles, {sum(bool(r.problems()) for r in mine)} failed, "
-                     f"max shared {max((r.shared for r in ok), default=0) / KIB:.1f} of {t.max_shared // KIB} KiB, "
-                     f"{len(spilling)} spill (max {max((r.spill_stores for r in spilling), default=0)} bytes stored)")
+        for kernel, name in _KERNEL_NAMES.items():
+            mine = [r for r in results if r.job.target == t and r.job.kernel == kernel]
+            if not mine:
+                continue
+            ok = [r for r in mine if not r.error]
+            spilling = [r for r in ok if r.spill_stores or r.spill_loads]
+            rows.append(f"| {t.name} | {name} | {len(mine)} | {sum(bool(r.problems()) for r in mine)} "
+                        f"| {max((r.shared for r in ok), default=0) / KIB:.1f} / {t.max_shared // KIB} "
+                        f"| {max((r.registers for r in ok), default=0)} | {len(spilling)} "
+                        f"| {max((r.spill_stores for r in spilling), default=0)} "
+                        f"| {sum(r.cpu_seconds for r in mine):.0f} |")
+    failed = sum(bool(r.problems()) for r in results)
     cpu = sum(r.cpu_seconds for r in results)
-    lines.append(f"{len(results)} compiles in {wall:.0f} s, {cpu:.0f} CPU-seconds of compiling")
-    return "\n".join(lines)
+    rows.append(f"\n{len(results)} compiles for {', '.join(t.name for t in targets)}: {failed} failed, "
+                f"{wall:.0f} s wall, {cpu:.0f} CPU-seconds of compiling")
+    return "\n".join(rows)
 
 
 def parse_targets(text: str) -> tuple[Target, ...]:
@@ -215,17 +224,17 @@ def parse_targets(text: str) -> tuple[Target, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.gpu_compile", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", default=",".join(t.name for t in gpu_support.CHECKED_TARGETS))
+    parser.add_argument("--targets", help=f"comma-separated; default: {', '.join(gpu_support.TARGET_NAMES)}, "
+                                          f"or {', '.join(gpu_matrix.SUBSET_TARGETS)} with --subset")
     parser.add_argument("--subset", action="store_true",
-                        help=f"one configuration per kernel, for {' and '.join(gpu_matrix.SUBSET_TARGETS)} "
-                             "unless --targets says otherwise (what make test runs)")
+                        help="one configuration per kernel (what make test compiles)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiles at once (processes)")
     args = parser.parse_args(argv)
     if INTERPRETER:
         raise GPTError("kernels.gpu_compile compiles for real GPUs, but TRITON_INTERPRET=1 makes @triton.jit "
                        "build interpreter functions: unset TRITON_INTERPRET and run it again.")
-    explicit = any(a.startswith("--targets") for a in (argv if argv is not None else sys.argv[1:]))
-    targets = parse_targets(args.targets if explicit or not args.subset else ",".join(gpu_matrix.SUBSET_TARGETS))
+    default = gpu_matrix.SUBSET_TARGETS if args.subset else gpu_support.TARGET_NAMES
+    targets = parse_targets(args.targets or ",".join(default))
     start = time.perf_counter()
     cases = gpu_matrix.subset(targets) if args.subset else gpu_matrix.full_matrix(targets)
     jobs = gpu_matrix.unique_jobs(cases)

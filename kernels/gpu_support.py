@@ -54,6 +54,7 @@ CHECKED_TARGETS: tuple[Target, ...] = (
     Target((9, 0), "H100, H200", 227 * KIB),
 )
 _CHECKED = {t.capability: t for t in CHECKED_TARGETS}
+TARGET_NAMES = tuple(t.name for t in CHECKED_TARGETS)
 # Names for the log line only, so that "sm_75" also says which GPU that is.
 _KNOWN_GPUS = {(6, 0): "P100", (6, 1): "GTX 10xx, P40", (7, 0): "V100", (7, 5): "T4, RTX 20xx",
                (8, 6): "RTX 30xx, A10, A40", (8, 7): "Jetson Orin", (10, 0): "B200", (12, 0): "RTX 50xx"}
