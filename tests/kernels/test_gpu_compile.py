@@ -125,6 +125,43 @@ def test_a_job_is_specialised_as_triton_specialises_the_launch():
     assert fa._fwd_kernel is kernel or not isinstance(fa._fwd_kernel, gpu_matrix._Recorder)  # restored
 
 
+# Runs without the interpreter: triton's own binder and argument packing, as a GPU launch would call them.
+SAME_AS_JIT = """
+import torch
+import triton.runtime.jit as jit
+from triton.backends.compiler import GPUTarget
+from triton.compiler.compiler import make_backend
+from kernels import gpu_matrix, gpu_support
+backend = make_backend(GPUTarget("cuda", 90, 32))
+h100 = gpu_support.CHECKED_TARGETS[-1]
+cases = gpu_matrix.subset((h100,)) + [gpu_matrix.attention_case(h100, 24, torch.float16, False, True, t=1000),
+                                      gpu_matrix.layernorm_case(h100, 1000, torch.float32, bias=False)]
+for case in cases:
+    with gpu_matrix.recording(case.module) as log:
+        case.run()
+    for kernel, args, kwargs in log:
+        job = gpu_matrix.job_from_launch(kernel, args, kwargs, h100, 0, "")
+        bound, specialization, options = jit.create_function_from_signature(kernel.signature, kernel.params,
+                                                                            backend)(*args, **kwargs)
+        options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+        assert dict(job.signature) == signature, (kernel, signature)
+        assert {(kernel.arg_names.index(k),): v for k, v in job.constexprs} == constexprs, (kernel, constexprs)
+        assert {(i,): [["tt.divisibility", 16]] for i in job.aligned} == {k: v for k, v in attrs.items() if v}
+        assert all(getattr(options, k) == v for k, v in job.options), (kernel, options)
+        print(kernel.__name__)
+"""
+
+
+def test_jobs_match_what_tritons_jit_would_compile_for_the_same_launch():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", SAME_AS_JIT], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["_fwd_kernel", "_delta_kernel", "_bwd_kernel", "_mask_kernel", "_ln_fwd_kernel",
+                                   "_ln_bwd_kernel", "_ce_kernel", "_fwd_kernel", "_delta_kernel", "_bwd_kernel",
+                                   "_ln_fwd_kernel", "_ln_bwd_kernel"]
+
+
 def test_shared_memory_over_the_gpu_or_the_table_fails_and_spills_only_warn():
     job = gpu_matrix.unique_jobs(gpu_matrix.subset((TARGETS["sm_89"],)))[0]
     assert Result(job, shared=job.shared_bound, registers=128).status() == "ok"
