@@ -357,20 +357,18 @@ def _launch_tiles(q: torch.Tensor, blocks: AttentionTiles | dict[str, int] | Non
     if INTERPRETER or not q.is_cuda:
         return INTERPRETER_TILES
     head_dim = q.size(-1)
-    if q.dtype not in GPU_DTYPES:
-        raise GPTError(f"flash_attention's GPU kernel takes fp16 and bf16; got {q.dtype} (exact fp32 dots have no "
-                       "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=sdpa), "
-                       "or run under autocast (dtype=bfloat16).")
     tiles = gpu_tiles(head_dim, q.dtype, max_shared_memory(q.device))
     if tiles is None:
-        raise GPTError(f"flash_attention: no tiles for head dim {head_dim} in {q.dtype} fit this GPU's "
+        raise GPTError(input_problem(q, q, q, 0.0) or
+                       f"flash_attention: no tiles for head dim {head_dim} in {q.dtype} fit this GPU's "
                        f"{max_shared_memory(q.device) // 1024} KiB of shared memory per block. "
                        "Use impl='auto' or 'torch' (config: attention=sdpa).")
     return tiles
 
 
 def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get true fp32 dots (not tf32), matching torch's default matmul precision
+    # fp32 inputs (the interpreter: the GPU tables have no fp32 tiles) get true fp32 dots, not tf32, matching
+    # torch's default matmul precision
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -480,6 +478,10 @@ def input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return (f"flash_attention takes q, k, v in one of float32, float16, bfloat16; got {q.dtype}, {k.dtype}, "
                 f"{v.dtype}. Cast them to one dtype first.")
+    if q.is_cuda and q.dtype not in GPU_DTYPES:
+        return (f"flash_attention's GPU kernel takes float16 and bfloat16; got {q.dtype} (exact fp32 dots have no "
+                "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=sdpa), or "
+                "train under autocast (dtype=bfloat16).")
     if not 1 <= q.size(-1) <= MAX_HEAD_DIM:
         return (f"flash_attention's kernel takes head dims up to {MAX_HEAD_DIM}; got {q.size(-1)}. "
                 "Use impl='torch' (or attention=sdpa) for wider heads.")

@@ -116,8 +116,8 @@ def _size_problem(op: str, dtype: torch.dtype, size: int) -> str | None:
         if not lo <= size <= hi:
             return f"head dim {size}: the kernel is compile-checked for head dims {lo}-{hi}"
     elif op == "layernorm":
-        if not 1 <= size <= _ln.GPU_MAX_N:
-            return f"rows of {size}: the GPU table stops at {_ln.GPU_MAX_N} (wider rows spill registers)"
+        if not 1 <= size <= _ln.GPU_AUTO_MAX_N:
+            return f"rows of {size}: the kernel spills registers above {_ln.GPU_AUTO_MAX_N}"
     elif size < 1:
         return f"vocabulary of {size}"
     return None

@@ -105,27 +105,28 @@ class LayerNormTiles:
 
 
 # On a GPU a tile holds ~4K elements (one row when rows are wider) over enough warps that each thread
-# keeps 8-32 of them. Rows are padded to at least 512 columns, which keeps the compiled variants few
-# (every width up to 16384 uses one of six), at the cost of idle lanes for narrower rows.
+# keeps 8-32 of them (64 at 65536 columns: 32 warps is a block's most). Rows are padded to at least 512
+# columns, which keeps the compiled variants few (eight cover every width up to MAX_N), at the cost of idle
+# lanes for narrower rows.
 GPU_MIN_BLOCK_N = 512
-# Wider rows are not in the GPU table: the backward keeps x, dy, xhat, g and the dw/db partial sums of a
-# row in registers, and ptxas spills from 16384 columns on (sm_80, bf16: 272 bytes at 16384 with 16 warps,
-# 908 at 32768 and 2776 at 65536 with 32 warps, the most a block has). The torch reference takes them.
-GPU_MAX_N = 16384
+# `auto` stops here: the backward keeps x, dy, xhat, g and the dw/db partial sums of a row in registers,
+# and ptxas spills above it (sm_80, bf16: 272 bytes a thread at 16384 columns with 16 warps, 908 at 32768
+# and 2776 at 65536 with 32 warps). Wider rows still run here with impl='triton'.
+GPU_AUTO_MAX_N = 16384
 
 
 def gpu_tiles(n: int) -> LayerNormTiles | None:
-    """The GPU tiles for rows of `n` columns, or None when rows that wide are not in the GPU table."""
-    if not 1 <= n <= GPU_MAX_N:
+    """The GPU tiles for rows of `n` columns, or None when the kernel does not take rows that wide."""
+    if not 1 <= n <= MAX_N:
         return None
     block_n = max(GPU_MIN_BLOCK_N, triton.next_power_of_2(n))
     block_m = max(1, 4096 // block_n)
-    return LayerNormTiles(block_m, block_n, warps=max(4, block_m * block_n // 1024))
+    return LayerNormTiles(block_m, block_n, warps=min(32, max(4, block_m * block_n // 1024)))
 
 
 def gpu_tile_table() -> tuple[LayerNormTiles, ...]:
     """Every tile gpu_tiles can return: what kernels/gpu_compile.py compiles."""
-    widths = [GPU_MIN_BLOCK_N << i for i in range((GPU_MAX_N // GPU_MIN_BLOCK_N).bit_length())]
+    widths = [GPU_MIN_BLOCK_N << i for i in range((MAX_N // GPU_MIN_BLOCK_N).bit_length())]
     return tuple(gpu_tiles(n) for n in widths)
 
 
@@ -141,8 +142,7 @@ def _launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles 
     if tiles is None:
         tiles = _interpreter_tiles(n) if INTERPRETER or not x2d.is_cuda else gpu_tiles(n)
     if tiles is None:
-        raise GPTError(f"layer_norm's GPU kernel takes rows up to {GPU_MAX_N} wide; got {n}. Use impl='auto' or "
-                       "'torch' (config: layernorm=torch).")
+        raise GPTError(f"layer_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
     return replace(tiles, block_m=block_m) if block_m else tiles
 
 

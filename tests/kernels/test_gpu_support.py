@@ -75,10 +75,10 @@ def test_every_allowed_head_dim_lies_in_a_bucket_the_check_compiles_twice():
         assert any(c != fa.block_d(c) for c in same_bucket) or fa.block_d(d) == lo, d
 
 
-def test_layernorm_rows_wider_than_the_gpu_table_use_torch():
-    assert decide("layernorm", H100, torch.bfloat16, ln.GPU_MAX_N, SHARED[H100]).use_triton
-    d = decide("layernorm", H100, torch.bfloat16, ln.GPU_MAX_N + 1, SHARED[H100])
-    assert not d.use_triton and "spill" in d.reason
+def test_layernorm_rows_too_wide_to_run_without_spilling_use_torch():
+    assert decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N, SHARED[H100]).use_triton
+    d = decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N + 1, SHARED[H100])
+    assert not d.use_triton and d.reason == "rows of 16385: the kernel spills registers above 16384"
 
 
 def test_tiles_follow_the_devices_shared_memory(monkeypatch):
