@@ -110,9 +110,10 @@ class LayerNormTiles:
 # lanes for narrower rows.
 GPU_MIN_BLOCK_N = 512
 # `auto` stops here: the backward keeps x, dy, xhat, g and the dw/db partial sums of a row in registers,
-# and ptxas spills above it (sm_80, bf16: 272 bytes a thread at 16384 columns with 16 warps, 908 at 32768
-# and 2776 at 65536 with 32 warps). Wider rows still run here with impl='triton'.
-GPU_AUTO_MAX_N = 16384
+# and ptxas spills above it. `make gpu-compile` at 12288 columns (the 16384 tile, 16 warps): 272-368
+# bytes a thread in fp16/bf16 and 1276-2084 in fp32 on sm_80/89/90; at 6144 (the 8192 tile) none.
+# Wider rows still run here with impl='triton'.
+GPU_AUTO_MAX_N = 8192
 
 
 def gpu_tiles(n: int) -> LayerNormTiles | None:

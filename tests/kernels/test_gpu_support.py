@@ -78,7 +78,7 @@ def test_every_allowed_head_dim_lies_in_a_bucket_the_check_compiles_twice():
 def test_layernorm_rows_too_wide_to_run_without_spilling_use_torch():
     assert decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N, SHARED[H100]).use_triton
     d = decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N + 1, SHARED[H100])
-    assert not d.use_triton and d.reason == "rows of 16385: the kernel spills registers above 16384"
+    assert not d.use_triton and d.reason == "rows of 8193: the kernel spills registers above 8192"
 
 
 def test_tiles_follow_the_devices_shared_memory(monkeypatch):
