@@ -91,3 +91,9 @@ bench: data
 .PHONY: test-slurm
 test-slurm: data
 	tests/slurm/cluster.sh $(PY) -m pytest -q -p no:cacheprovider tests/slurm
+
+# Compile every Triton kernel we launch for sm_80, sm_89 and sm_90 without a GPU, and check shared memory,
+# registers and spills (docs/benchmarks.md, "GPU compile check (no GPU needed)"). Triton's cache makes reruns quick.
+.PHONY: gpu-compile
+gpu-compile: venv
+	$(PY) -m kernels.gpu_compile
