@@ -215,7 +215,12 @@ def _describe(run: Run) -> None:
               f"{shape.num_params():,} without position embeddings")
     run.print(f"strategy {run.strategy.name}, {run.denv.world_size} rank(s), device {run.device}, "
               f"dtype {str(run.dtype).removeprefix('torch.')}, {run.tokens_per_iter:,} tokens per iteration")
-    run.print(f"{kernels.describe()}; asked: " + ", ".join(f"{f.name}={getattr(cfg.kernels, f.name)}"
-                                                         for f in dataclasses.fields(cfg.kernels)))
+    run.print(kernels.describe())
+    m, k = cfg.model, cfg.kernels
+    loss = ("linear_cross_entropy", k.cross_entropy) if k.fused_linear_loss else ("cross_entropy", k.cross_entropy)
+    asked = {"attention": k.attention, "layernorm": k.layernorm, loss[0]: loss[1]}
+    sizes = {"attention": m.n_embd // m.n_head, "layernorm": m.n_embd, loss[0]: m.vocab_size}
+    for line in kernels.describe_ops(run.device, run.dtype, asked, sizes):
+        run.print(f"  {line}")
     if cfg.train.compile:
         run.print("compiling the model with torch.compile (the first eval and the first step are slow)...")

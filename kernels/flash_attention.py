@@ -362,7 +362,7 @@ def _launch_tiles(q: torch.Tensor, blocks: AttentionTiles | dict[str, int] | Non
         raise GPTError(input_problem(q, q, q, 0.0) or
                        f"flash_attention: no tiles for head dim {head_dim} in {q.dtype} fit this GPU's "
                        f"{max_shared_memory(q.device) // 1024} KiB of shared memory per block. "
-                       "Use impl='auto' or 'torch' (config: attention=sdpa).")
+                       "Use impl='auto' or 'torch' (config: attention=torch).")
     return tiles
 
 
@@ -480,7 +480,7 @@ def input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
                 f"{v.dtype}. Cast them to one dtype first.")
     if q.is_cuda and q.dtype not in GPU_DTYPES:
         return (f"flash_attention's GPU kernel takes float16 and bfloat16; got {q.dtype} (exact fp32 dots have no "
-                "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=sdpa), or "
+                "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=torch), or "
                 "train under autocast (dtype=bfloat16).")
     if not 1 <= q.size(-1) <= MAX_HEAD_DIM:
         return (f"flash_attention's kernel takes head dims up to {MAX_HEAD_DIM}; got {q.size(-1)}. "

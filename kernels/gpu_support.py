@@ -152,6 +152,11 @@ def decide(op: str, capability: tuple[int, int], dtype: torch.dtype, size: int, 
                                      f"{tiles.shared_kib} KiB of {max_shared // KIB} KiB")
 
 
+def decide_on(op: str, device: torch.device, dtype: torch.dtype, size: int) -> Decision:
+    """`decide` for a CUDA device (its capability and shared memory are read once)."""
+    return decide(op, device_capability(device), dtype, size, max_shared_memory(device))
+
+
 def decide_for(op: str, tensor: torch.Tensor, size: int) -> Decision:
-    """`decide` for a CUDA tensor's device and dtype (its capability and shared memory are read once)."""
-    return decide(op, device_capability(tensor.device), tensor.dtype, size, max_shared_memory(tensor.device))
+    """`decide` for a CUDA tensor's device and dtype."""
+    return decide_on(op, tensor.device, tensor.dtype, size)

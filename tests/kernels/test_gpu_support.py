@@ -6,6 +6,7 @@ import importlib
 import pytest
 import torch
 
+import kernels
 from gpt.errors import GPTError
 from kernels import gpu_support
 from kernels.gpu_support import KIB, decide
@@ -98,7 +99,7 @@ def test_tiles_follow_the_devices_shared_memory(monkeypatch):
 
 def test_a_small_shared_memory_sends_every_op_to_torch():
     for op, size in (("attention", 128), ("layernorm", 768), ("cross_entropy", 50304)):
-        assert not decide(op, H100, torch.bfloat16, size, 2 * KIB).use_triton
+        assert not decide(op, H100, torch.bfloat16, size, KIB // 2).use_triton
 
 
 def test_the_log_line_names_the_implementation_and_why():
@@ -139,3 +140,21 @@ def test_a_devices_capability_and_shared_memory_are_read_once(monkeypatch):
 def test_an_unknown_op_is_an_error():
     with pytest.raises(GPTError, match="op='softmax' is not one of attention, layernorm"):
         decide("softmax", H100, torch.bfloat16, 64, SHARED[H100])
+
+
+def test_a_runs_first_lines_name_each_ops_implementation_and_why(monkeypatch):
+    asked = {"attention": "auto", "layernorm": "auto", "cross_entropy": "torch"}
+    sizes = {"attention": 64, "layernorm": 768, "cross_entropy": 50304}
+    lines = kernels.describe_ops(torch.device("cpu"), torch.float32, asked, sizes)
+    assert lines == ["attention: torch (auto: our kernels run on CUDA GPUs; this is cpu)",
+                     "layernorm: torch (auto: our kernels run on CUDA GPUs; this is cpu)",
+                     "cross_entropy: torch (asked)"]
+    # a pretend T4 and a pretend H100, outside the interpreter: the decision's own lines
+    monkeypatch.setattr(kernels, "INTERPRETER", False)
+    for capability, shared in (((7, 5), 64 * KIB), (H100, SHARED[H100])):
+        monkeypatch.setattr(gpu_support, "device_capability", lambda device, c=capability: c)
+        monkeypatch.setattr(gpu_support, "max_shared_memory", lambda device, s=shared: s)
+        lines = kernels.describe_ops(torch.device("cuda"), torch.float16, asked, sizes)
+        want = [decide(op, capability, torch.float16, sizes[op], shared).line() for op in ("attention", "layernorm")]
+        assert lines == want + ["cross_entropy: torch (asked)"]
+    assert lines[0].startswith("attention: triton (sm_90, fp16, head dim 64")
