@@ -19,9 +19,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str) 
     """
     impl = cfg.adamw_impl
     params = [p for p in model.parameters() if p.requires_grad]
+    # a ZeRO-3 parameter built under zero.Init is an empty placeholder; ds_shape is its real shape
+    dims = {id(p): len(getattr(p, "ds_shape", p.shape)) for p in params}
     groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        {"params": [p for p in params if dims[id(p)] >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if dims[id(p)] < 2], "weight_decay": 0.0},
     ]
     if impl == "auto":
         impl = "fused" if device_type in ("cuda", "cpu") else "foreach"

@@ -43,14 +43,17 @@ class SingleStrategy(Strategy):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         total = torch.zeros((), device=self.device)
-        batches = MicroBatches(next_batch, self.local_accum)
+        batches = MicroBatches(next_batch, self.local_accum, self.device)
         for last, x, y in batches:
             with self._sync_gradients(last):
                 loss = self.loss(x, y)
+                if last:  # DDP all-reduces during this backward: here the ranks start waiting for each other
+                    batches.mark_local()
                 self.scaler.scale(loss / self.local_accum).backward()
             total += loss.detach().float()
         norm, applied = self._apply()
-        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"])
+        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"],
+                          batches.local_s)
 
     def _apply(self) -> tuple[torch.Tensor, bool]:
         """Clip and step, unless the gradients hold a NaN or Inf: then drop them. Returns (norm, applied).

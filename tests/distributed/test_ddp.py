@@ -63,7 +63,8 @@ def test_two_nodes_meet_at_a_c10d_rendezvous(tiny_data, reference_losses, tmp_pa
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--strategy=fsdp"], ["--strategy='fsdp'", "ddp", "deepspeed"]),
+    (["--strategy=fsdp2"], ["--strategy='fsdp2'", "ddp", "fsdp", "deepspeed"]),
+    (["--fsdp_accumulation=sharded", "--strategy=ddp"], ["--fsdp_accumulation", "--strategy=fsdp"]),
     (["--zero_stage=4"], ["--zero_stage=4", "0, 1, 2 or 3"]),
     (["--zero_stage=2", "--strategy=ddp"], ["--zero_stage", "--strategy=deepspeed"]),
 ])
