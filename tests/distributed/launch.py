@@ -17,7 +17,7 @@ from typing import Any
 
 from gpt.config import load_config
 from gpt.optim import lr_at
-from tests.conftest import REPO, script_env
+from tests.conftest import REPO, script_env, tiny_argv
 
 VENV_BIN = Path(sys.executable).parent
 WORKER = "tests/distributed/worker.py"
@@ -77,6 +77,23 @@ def assert_close(got: dict[int, float], expected: dict[int, float], tol: float =
     return max((abs(got[i] - expected[i]) for i in expected if not math.isnan(expected[i])), default=0.0)
 
 
+def until(values: dict[int, float], last: int) -> dict[int, float]:
+    """The iterations up to `last`: what a job stopped early shares with a longer reference run."""
+    return {i: v for i, v in values.items() if i <= last}
+
+
+def fork(src: Path, dst: Path, iter_num: int) -> Path:
+    """A new out_dir whose latest checkpoint is src's folder entry of `iter_num`, with src's metrics (the
+    resumed run rewinds them to iter_num): resuming it repeats src's steps from there."""
+    from gpt.checkpoint import entry_name
+
+    dst.mkdir()
+    shutil.copytree(src / entry_name(iter_num), dst / entry_name(iter_num))
+    shutil.copy(src / "metrics.jsonl", dst / "metrics.jsonl")
+    (dst / "latest").write_text(entry_name(iter_num))
+    return dst
+
+
 def rank_records(out_dir: Path, world_size: int) -> list[dict[str, Any]]:
     """Each rank's steps_rank<R>.json, after asserting that exactly `world_size` ranks ran the job."""
     files = sorted(Path(out_dir).glob("steps_rank*.json"))
@@ -90,7 +107,7 @@ def rank_records(out_dir: Path, world_size: int) -> list[dict[str, Any]]:
 
 def assert_scheduled_lr(records: list[dict[str, Any]], logged_lr: dict[int, float], overrides: dict) -> None:
     """On every rank each applied step used lr_at(it) in every param group, and the log shows that lr."""
-    optim = load_config([f"--{k}={v}" for k, v in overrides.items()]).optim  # over the default YAML, as tiny_argv
+    optim = load_config(tiny_argv(Path("unused"), Path("unused"), **overrides)).optim  # the job's own schedule
     for r in records:
         for it, step in r["steps"].items():
             if step["applied"]:

@@ -7,17 +7,15 @@ import pytest
 
 from gpt.build import build_run
 from gpt.config import load_config
+from gpt.distributed import read_env
 from gpt.errors import GPTError
+from gpt.strategy import choose_strategy
 from gpt.trainer import Trainer
 from tests.conftest import REPO, logged, tiny_argv
 from tests.distributed.launch import (DIST, LR_CHECKED, VENV_BIN, assert_close, assert_scheduled_lr, free_port, job_env,
-                                      ok, rank_records, torchrun)
+                                      ok, rank_records, torchrun, until)
 
 FIRST = {**DIST, "max_iters": 20}  # the two-rank job stops two thirds into the schedule; one process finishes it
-
-
-def until(values: dict[int, float], last: int) -> dict[int, float]:
-    return {i: v for i, v in values.items() if i <= last}
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +46,7 @@ def test_a_run_saved_by_two_ranks_resumes_on_one(ddp_run, tiny_data, reference_l
     assert_close(logged(out), reference_losses(DIST))
 
 
+@pytest.mark.long
 def test_two_nodes_meet_at_a_c10d_rendezvous(tiny_data, reference_losses, tmp_path):
     """The multi-node path on one machine: two torchrun agents, one rank each, rendezvous on 127.0.0.1."""
     port = free_port()
@@ -60,6 +59,29 @@ def test_two_nodes_meet_at_a_c10d_rendezvous(tiny_data, reference_losses, tmp_pa
     assert [n.returncode for n in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     assert "strategy ddp, 2 rank(s)" in outputs[0][0] + outputs[1][0]
     assert_close(logged(tmp_path), until(reference_losses(DIST), 9))
+
+
+# what each launcher puts in a rank's environment (deepspeed/launcher/launch.py, torch.distributed.run), for
+# rank 1 of 2; the real launchers: test_deepspeed.py's launcher job and every torchrun job here
+LAUNCHED = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+DEEPSPEED_ENV = {**LAUNCHED, "CROSS_RANK": "0", "CROSS_SIZE": "1", "LOCAL_SIZE": "2"}
+TORCHRUN_ENV = {**LAUNCHED, "TORCHELASTIC_RUN_ID": "none", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0"}
+
+
+@pytest.mark.parametrize("env, flags, chosen", [
+    ({}, [], "single"),
+    (TORCHRUN_ENV, [], "ddp"),
+    (DEEPSPEED_ENV, [], "deepspeed"),  # the deepspeed launcher alone selects DeepSpeed, without --zero_stage
+    ({}, ["--zero_stage=2"], "deepspeed"),
+    (TORCHRUN_ENV, ["--zero_stage=1"], "deepspeed"),
+    (DEEPSPEED_ENV, ["--strategy=ddp"], "ddp"),  # asked for by name
+], ids=["alone", "torchrun", "deepspeed-launcher", "zero_stage", "torchrun+zero_stage", "deepspeed-launcher+ddp"])
+def test_auto_strategy_follows_the_launcher_and_zero_stage(monkeypatch, env, flags, chosen):
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "CROSS_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert choose_strategy(load_config(flags), read_env()) == chosen
 
 
 @pytest.mark.parametrize("flags, words", [

@@ -1,5 +1,5 @@
 """DeepSpeed ZeRO 0-3 on 2 CPU ranks (gloo): the one-process steps, skipped bad steps, resume, export, sample
-(resuming on other world sizes: test_resharding.py).
+(ZeRO-3 resumed on one rank here; ZeRO-2 across world sizes, and a conversion that cannot be done: test_resharding.py).
 
 Each job carries a NaN loss on its last rank at one iteration: where the engine skips such a step
 (ZeRO-1/2/3, and bf16 at ZeRO-0) the job must repeat, loss for loss, the one-process run that
@@ -17,16 +17,13 @@ from gpt.cli import run_main
 from gpt.errors import GPTError
 from gpt.strategy.deepspeed_config import resolve_ds_config
 from tests.conftest import logged, tiny_argv
-from tests.distributed.launch import (DIST, LR_CHECKED, assert_close, assert_scheduled_lr, deepspeed, ok, one_process,
-                                      rank_records, torchrun)
+from tests.distributed.launch import (DIST, LR_CHECKED, assert_close, assert_scheduled_lr, deepspeed, fork, ok,
+                                      one_process, rank_records, torchrun, until)
 from tests.launch.test_bad_inputs import entry
 
 pytest.importorskip("deepspeed")
 RUN = {**DIST, "max_iters": 10}
-
-
-def until(values: dict[int, float], last: int) -> dict[int, float]:
-    return {i: v for i, v in values.items() if i <= last}
+CONVERTING = "converting it to a DeepSpeed universal checkpoint"
 
 
 def assert_skipped(ranks: list[dict], it: int, printed: str) -> None:
@@ -44,6 +41,7 @@ def val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
         return sum(model(*loader.eval_batch("val", k))[1].item() for k in range(eval_iters)) / eval_iters
 
 
+@pytest.mark.long
 def test_the_deepspeed_launcher_picks_deepspeed_and_a_zero2_job_resumes_and_skips_a_nan_step(
         tiny_data, reference_losses, tmp_path):
     # no --strategy, no --zero_stage: the launcher selects DeepSpeed, ds_config.json the stage (2)
@@ -54,7 +52,7 @@ def test_the_deepspeed_launcher_picks_deepspeed_and_a_zero2_job_resumes_and_skip
     second = torchrun(["--strategy=deepspeed", *tiny_argv(tiny_data, tmp_path, **RUN, init_from="resume")],
                       env={"TEST_NAN_AT": "7"})
     ok(second)
-    assert "resuming from" in second.stdout
+    assert "resuming from" in second.stdout and CONVERTING not in second.stdout  # same world size: as saved
     ranks = rank_records(tmp_path, 2)
     assert_skipped(ranks, 7, second.stdout)
     worst = assert_close(logged(tmp_path), until(reference_losses(DIST, nan_at=(7,)), 9))
@@ -64,30 +62,51 @@ def test_the_deepspeed_launcher_picks_deepspeed_and_a_zero2_job_resumes_and_skip
     print(f"ZeRO-2 (saved at 5, resumed) vs one process, largest loss difference: {worst:.2e}")
 
 
-@pytest.mark.parametrize("stage", [1, 3])
-def test_zero_stage_takes_the_one_process_steps_skips_a_nan_step_and_exports(tiny_data, reference_losses, tmp_path,
-                                                                            capsys, stage):
-    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the one process's losses
-    extra = ["--activation_checkpointing=True"] if stage == 3 else []
-    result = torchrun(["--strategy=deepspeed", f"--zero_stage={stage}", *tiny_argv(tiny_data, tmp_path, **RUN), *extra],
+def check_zero_job(tiny_data, reference_losses, out, capsys, stage: int, *flags: str) -> None:
+    """A 2-rank ZeRO job of RUN whose last rank's loss is NaN at iteration 3: it takes the one-process steps
+    (the NaN step skipped) at the scheduled lr, and its shards reassemble into plain weights that sample and
+    export."""
+    result = torchrun(["--strategy=deepspeed", f"--zero_stage={stage}", *tiny_argv(tiny_data, out, **RUN), *flags],
                       env={"TEST_NAN_AT": "3"})
     ok(result)
-    ranks = rank_records(tmp_path, 2)
+    ranks = rank_records(out, 2)
     assert_skipped(ranks, 3, result.stdout)
-    worst = assert_close(logged(tmp_path), until(reference_losses(DIST, nan_at=(3,)), 9))
-    assert_close(logged(tmp_path, "val_loss"), until(reference_losses(DIST, "val_loss", nan_at=(3,)), 10))
-    assert_scheduled_lr(ranks, logged(tmp_path, "lr"), DIST)
+    worst = assert_close(logged(out), until(reference_losses(DIST, nan_at=(3,)), 9))
+    assert_close(logged(out, "val_loss"), until(reference_losses(DIST, "val_loss", nan_at=(3,)), 10))
+    assert_scheduled_lr(ranks, logged(out, "lr"), DIST)
     assert LR_CHECKED <= {it for it, step in ranks[0]["steps"].items() if step["applied"]}
     print(f"ZeRO-{stage} vs one process, largest loss difference over 10 iterations: {worst:.2e}")
     # the plain weights reassembled from the shards give the run's own final val loss; sample and export read them
-    assert val_loss_of_export(tiny_data, tmp_path) == pytest.approx(logged(tmp_path, "val_loss")[10], abs=1e-6)
-    run_main(entry("launch/sample.py"), [f"--out_dir={tmp_path}", f"--output_dir={tmp_path / 's'}", "--num_samples=1",
+    assert val_loss_of_export(tiny_data, out) == pytest.approx(logged(out, "val_loss")[10], abs=1e-6)
+    run_main(entry("launch/sample.py"), [f"--out_dir={out}", f"--output_dir={out / 's'}", "--num_samples=1",
                                          "--max_new_tokens=20", "--start=ROMEO:"])
     assert "sample 1/1" in capsys.readouterr().out
-    run_main(entry("launch/export_checkpoint.py"), [f"--out_dir={tmp_path}", f"--output_dir={tmp_path / 'plain'}"])
-    plain = load_checkpoint(tmp_path / "plain")
+    run_main(entry("launch/export_checkpoint.py"), [f"--out_dir={out}", f"--output_dir={out / 'plain'}"])
+    plain = load_checkpoint(out / "plain")
     assert plain["iter_num"] == 10
-    assert torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(tmp_path)["model"]["lm_head.weight"])
+    assert torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(out)["model"]["lm_head.weight"])
+
+
+def test_zero1_takes_the_one_process_steps_skips_a_nan_step_and_exports(tiny_data, reference_losses, tmp_path,
+                                                                         capsys):
+    check_zero_job(tiny_data, reference_losses, tmp_path, capsys, 1)
+
+
+@pytest.mark.long
+def test_zero3_takes_the_one_process_steps_skips_a_nan_step_exports_and_resumes_on_one_rank(
+        tiny_data, reference_losses, tmp_path, capsys):
+    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the one process's losses
+    flags = ("--activation_checkpointing=True", "--keep_last=2")
+    check_zero_job(tiny_data, reference_losses, tmp_path, capsys, 3, *flags)
+    # the checkpoint of iteration 5, resumed on one rank: converted to DeepSpeed's universal form on the way
+    one = fork(tmp_path, tmp_path / "one", 5)
+    fewer = one_process(["--strategy=deepspeed", "--zero_stage=3", *tiny_argv(tiny_data, one, **RUN), *flags,
+                         "--init_from=resume"])
+    ok(fewer)
+    assert f"saved by 2 rank(s) with ZeRO-3; {CONVERTING}" in fewer.stdout
+    rank_records(one, 1)
+    worst = assert_close(logged(one), until(reference_losses(DIST, nan_at=(3,)), 9))
+    print(f"ZeRO-3 resumed 2->1 at 5 vs one process, largest loss difference: {worst:.2e}")
 
 
 def test_zero0_in_one_process_takes_the_one_process_steps_and_stops_before_a_nan_step(tiny_data, reference_losses,

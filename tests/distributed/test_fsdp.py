@@ -21,10 +21,10 @@ from gpt.strategy.sharded_init import ShardedInit
 from gpt.trainer import Trainer
 from tests.conftest import logged, tiny_argv
 from tests.distributed.conftest import FSDP_RUN
-from tests.distributed.launch import assert_close, ok, rank_records, torchrun
+from tests.distributed.launch import assert_close, assert_scheduled_lr, ok, rank_records, torchrun
 from tests.launch.test_bad_inputs import entry
 
-@pytest.mark.parametrize("per_rank", [1, 4])
+@pytest.mark.parametrize("per_rank", [pytest.param(1, marks=pytest.mark.long), 4])
 def test_fsdp_losses_match_one_process(tiny_data, reference_losses, tmp_path, fsdp_two_ranks, per_rank):
     """20 iterations on 2 ranks: with 4 micro-batches per rank (resharding after each), and with one (and
     activation checkpointing, which recomputes each block in the backward: the same losses)."""
@@ -35,8 +35,9 @@ def test_fsdp_losses_match_one_process(tiny_data, reference_losses, tmp_path, fs
         out = tmp_path
         result = torchrun(["--strategy=fsdp", "--activation_checkpointing=True", *tiny_argv(tiny_data, out, **flags)])
         ok(result)
-    rank_records(out, 2)
+    ranks = rank_records(out, 2)
     worst = assert_close(logged(out), reference_losses(flags))
+    assert_scheduled_lr(ranks, logged(out, "lr"), flags)
     assert_close(logged(out, "val_loss"), reference_losses(flags, "val_loss"))
     print(f"FSDP (2 ranks, {per_rank} micro-batch(es) each) vs one process, largest loss difference over 20 "
           f"iterations: {worst:.2e}")
@@ -110,6 +111,7 @@ def test_a_sharded_build_draws_what_a_plain_build_draws_and_refuses_what_it_cann
     assert torch.equal(kept["full"], plain.normal_(0.0, 0.02))
 
 
+@pytest.mark.long
 def test_no_rank_holds_the_whole_model_while_fsdp_or_zero3_builds_it(tmp_path):
     """Peak resident memory added by each build, per rank of 2, at 25M parameters (101 MB): a sharded build stays
     well under the model's size, a plain build reaches it (so the measure can fail); the weights are the plain

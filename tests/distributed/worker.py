@@ -6,6 +6,8 @@ final weights. Faults, from the environment:
   TEST_NAN_AT=3,7   the last rank's training loss is NaN at these iterations
   TEST_DIE_AT=13    the last rank kills itself (SIGKILL) at the start of this iteration, on the
                     launcher's first attempt only (a restarted job then runs through)
+  TEST_SIGTERM_AT=7 the last rank sends itself SIGTERM at the start of this iteration, as a
+                    scheduler would (real delivery to a real process, at a known iteration)
 """
 import json
 import os
@@ -31,11 +33,14 @@ def main(argv: list[str]) -> None:
         poison_loss(trainer, iters("TEST_NAN_AT"))
     probe = StepProbe(trainer)
     die_at = iters("TEST_DIE_AT") if last_rank and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0" else set()
+    term_at = iters("TEST_SIGTERM_AT") if last_rank else set()
     step = trainer.step
 
     def step_or_die():
         if trainer.iter_num in die_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if trainer.iter_num in term_at:
+            os.kill(os.getpid(), signal.SIGTERM)
         return step()
 
     trainer.step = step_or_die

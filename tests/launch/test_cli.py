@@ -1,5 +1,6 @@
 """The entry points as a user runs them: outputs on success, one clear paragraph on error."""
 import json
+import subprocess
 
 import pytest
 
@@ -21,13 +22,28 @@ def trained(tiny_data, tmp_path_factory):
     return out
 
 
-def sample(trained, tmp_path, *args):
-    return run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
+def in_process(capsys, script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python <script> args` run in this process (a subprocess would add only its start-up, seconds here):
+    its exit code and printed output."""
+    capsys.readouterr()
+    try:
+        run_main(entry(script), list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], code, out, err)
+
+
+def sample(capsys, trained, tmp_path, *args):
+    return in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
                       "--max_new_tokens=30", *args)
 
 
 def test_sample_prints_numbered_samples_and_writes_one_file_each(trained, tmp_path):
-    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=3", "--top_p=0.9")
+    # the one sample run started as a user starts it; the others run in this process
+    result = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
+                        "--max_new_tokens=30", "--start=ROMEO:", "--num_samples=3", "--top_p=0.9")
     assert result.returncode == 0, result.stderr
     for i in (1, 2, 3):
         assert f"sample {i}/3" in result.stdout
@@ -36,20 +52,20 @@ def test_sample_prints_numbered_samples_and_writes_one_file_each(trained, tmp_pa
     assert all(f.read_text().startswith("ROMEO:") and len(f.read_text()) == len("ROMEO:") + 30 for f in files)
 
 
-def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_path):
+def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("JULIET:\n")
-    a = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
-    b = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    a = sample(capsys, trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    b = sample(capsys, trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and "JULIET:\n" in a.stdout
 
 
-def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path):
+def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path, capsys):
     args = ("--start=ROMEO:", "--seed=11", "--num_samples=2", "--top_k=10", "--top_p=0.95")
-    plain = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'a'}",
+    plain = in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'a'}",
                        "--max_new_tokens=30", *args)
-    streamed = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'b'}",
+    streamed = in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'b'}",
                           "--max_new_tokens=30", "--stream=True", *args)
     assert plain.returncode == 0 and streamed.returncode == 0, plain.stderr + streamed.stderr
     samples = lambda out: out.rsplit("---------- 2 sample(s)", 1)[0]  # the last line names the output_dir
@@ -58,8 +74,8 @@ def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
-def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
-    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=2", "--temperature=0", "--seed=9")
+def test_sample_index_says_how_the_samples_were_made(trained, tmp_path, capsys):
+    result = sample(capsys, trained, tmp_path, "--start=ROMEO:", "--num_samples=2", "--temperature=0", "--seed=9")
     assert result.returncode == 0, result.stderr
     index = json.loads((tmp_path / "samples" / "index.json").read_text())
     assert index["prompt"] == "ROMEO:" and index["seed"] == 9 and index["checkpoint_iter"] == 4
@@ -69,10 +85,10 @@ def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
     assert first.read_text() == second.read_text()  # greedy: the seed changes nothing
 
 
-def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_path):
+def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_path, capsys):
     # sample i draws with seed + i - 1 whatever --num_samples is; 30 tokens pass block_size=16
-    three = sample(trained, tmp_path / "three", "--start=ROMEO:", "--seed=5", "--num_samples=3")
-    alone = sample(trained, tmp_path / "alone", "--start=ROMEO:", "--seed=7", "--num_samples=1")
+    three = sample(capsys, trained, tmp_path / "three", "--start=ROMEO:", "--seed=5", "--num_samples=3")
+    alone = sample(capsys, trained, tmp_path / "alone", "--start=ROMEO:", "--seed=7", "--num_samples=1")
     assert three.returncode == 0 and alone.returncode == 0, three.stderr + alone.stderr
     index = json.loads((tmp_path / "three" / "samples" / "index.json").read_text())
     assert index["seeds"] == [5, 6, 7] and index["settings"]["window_shift"] is None
@@ -80,14 +96,14 @@ def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_
     assert third == (tmp_path / "alone" / "samples" / "sample_001.txt").read_text()
 
 
-def test_a_window_shift_larger_than_the_block_is_refused(trained, tmp_path):
-    result = sample(trained, tmp_path, "--window_shift=17")
+def test_a_window_shift_larger_than_the_block_is_refused(trained, tmp_path, capsys):
+    result = sample(capsys, trained, tmp_path, "--window_shift=17")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "block_size of 16" in result.stderr and "1 .. 16" in result.stderr
 
 
-def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trained):
-    result = run_script("launch/bench.py", "sample", f"--out_dir={trained}", "--max_new_tokens=24", "--rounds=1",
+def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trained, capsys):
+    result = in_process(capsys, "launch/bench.py", "sample", f"--out_dir={trained}", "--max_new_tokens=24", "--rounds=1",
                         "--variants=nanogpt,shift1+serial,nocache,default")
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]

@@ -1,9 +1,12 @@
 """A rank dies mid-run: torchrun restarts the job, which resumes from its checkpoint on its own."""
+import pytest
+
 from gpt.checkpoint import load_checkpoint
 from tests.conftest import logged, tiny_argv
 from tests.distributed.launch import DIST, assert_close, ok, rank_records, torchrun
 
 
+@pytest.mark.long  # a 30-step job and its restart: `make test-long`
 def test_a_killed_rank_is_restarted_and_the_job_repeats_the_uninterrupted_steps(tiny_data, reference_losses, tmp_path):
     # rank 1 is killed at iteration 13 of the first attempt; the restarted job resumes from the checkpoint at 10
     result = torchrun(tiny_argv(tiny_data, tmp_path, **DIST), launcher_args=("--max-restarts=1",),

@@ -1,38 +1,31 @@
-"""kill -9 at any moment, even mid-save, or SIGTERM, then resume: the losses of the run that was never interrupted."""
+"""SIGTERM, kill -9 between saves and kill -9 mid-save, one after the other, then resume: the losses of the run
+that was never interrupted. Each fault strikes a real `launch/train.py` process at a known iteration
+(tests/distributed/worker.py's hooks and GPT_TEST_KILL_IN_SAVE), so no test races the run it kills."""
 import signal
 
 from gpt.checkpoint import KILL_IN_SAVE, load_checkpoint
 from tests.conftest import logged, tiny_argv
-from tests.reliability.runs import kill, logged_iters, start, train, wait_for
+from tests.distributed.launch import one_process
 
 # dropout on: a resume must restore every RNG stream to repeat the losses bit for bit
-RUN = dict(max_iters=40, lr_decay_iters=40, eval_interval=10, dropout=0.1, gradient_accumulation_steps=2,
-           n_embd=64, batch_size=8, block_size=32, always_save_checkpoint=True)
+RUN = dict(max_iters=30, lr_decay_iters=30, eval_interval=10, dropout=0.1, gradient_accumulation_steps=2)
 
 
-def test_kill_9_between_saves_and_mid_save_then_resume_matches_bit_for_bit(tiny_data, reference_losses, tmp_path):
-    proc = start(tiny_argv(tiny_data, tmp_path, **RUN))
-    assert wait_for(lambda: logged_iters(tmp_path) > 14, proc), "the run ended before the kill point"
-    kill(proc)  # between the checkpoints of iterations 10 and 20
-    # resumed, then killed while writing the checkpoint of iteration 30: ckpt.pt still names 20, complete
-    died = train(tiny_argv(tiny_data, tmp_path, **RUN, init_from="auto"), env={KILL_IN_SAVE: "30"})
-    assert died.returncode == -signal.SIGKILL, died.stderr
-    assert list(tmp_path.glob(".ckpt-0000030.pt.tmp-*")) and load_checkpoint(tmp_path)["iter_num"] == 20
-    resumed = train(tiny_argv(tiny_data, tmp_path, **RUN, init_from="auto"))
-    assert resumed.returncode == 0, resumed.stderr
+def test_sigterm_then_kill_9_between_saves_then_mid_save_each_resume_bit_for_bit(tiny_data, reference_losses,
+                                                                                tmp_path):
+    argv = tiny_argv(tiny_data, tmp_path, **RUN, init_from="auto")
+    stopped = one_process(argv, env={"TEST_SIGTERM_AT": "7"})
+    assert stopped.returncode == 0, stopped.stderr[-3000:]  # the scheduler's SIGTERM: save and exit 0
+    assert "stopping at iter 8 (SIGTERM)" in stopped.stdout and "--init_from=resume" in stopped.stdout
+    assert load_checkpoint(tmp_path)["iter_num"] == 8
+    killed = one_process(argv, env={"TEST_DIE_AT": "15"})  # resumed at 8, killed between the saves of 10 and 20
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load_checkpoint(tmp_path)["iter_num"] == 10
+    # resumed at 10, killed while writing the checkpoint of 20: ckpt.pt still names 10, complete
+    died = one_process(argv, env={KILL_IN_SAVE: "20"})
+    assert died.returncode == -signal.SIGKILL, died.stderr[-3000:]
+    assert list(tmp_path.glob(".ckpt-0000020.pt.tmp-*")) and load_checkpoint(tmp_path)["iter_num"] == 10
+    resumed = one_process(argv)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not list(tmp_path.glob(".ckpt*.tmp-*"))
-    assert logged(tmp_path) == reference_losses(RUN)  # every iteration, before and after both kills, bit-identical
-
-
-def test_sigterm_saves_and_exits_zero_then_resumes_exactly(tiny_data, reference_losses, tmp_path):
-    proc = start(tiny_argv(tiny_data, tmp_path, **RUN))
-    assert wait_for(lambda: logged_iters(tmp_path) > 23, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "stopping at iter" in out and "SIGTERM" in out and "--init_from=resume" in out
-    stopped = load_checkpoint(tmp_path)["iter_num"]
-    assert 23 < stopped < 40
-    resumed = train(tiny_argv(tiny_data, tmp_path, **RUN, init_from="resume"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert logged(tmp_path) == reference_losses(RUN)
+    assert logged(tmp_path) == reference_losses(RUN)  # every iteration, before and after every fault, bit-identical
