@@ -1,4 +1,7 @@
-"""DDP under torchrun (gloo, 2 CPU processes): the steps and losses of one process, on any number of ranks."""
+"""DDP under torchrun (gloo, 2 CPU processes): the steps and losses of one process, on any number of ranks,
+with activation checkpointing and HellaSwag scored across the ranks. (ZeRO-3 with activation checkpointing:
+test_deepspeed.py; FSDP with it: test_fsdp.py.)"""
+import json
 import shutil
 import subprocess
 import sys
@@ -18,10 +21,26 @@ from tests.distributed.launch import (DIST, LR_CHECKED, VENV_BIN, assert_close, 
 FIRST = {**DIST, "max_iters": 20}  # the two-rank job stops two thirds into the schedule; one process finishes it
 
 
+HELLASWAG = [{"ctx": "ROMEO:", "endings": ["But soft", "thou light", "JULIET", "wherefore art"], "label": 0},
+             {"ctx": "O Romeo, Romeo,", "endings": ["wherefore art thou", "ROMEO:", "light", "window"], "label": 0},
+             {"ctx": "JULIET:", "endings": ["O Romeo", "But", "soft", "breaks"], "label": 0}]
+
+
 @pytest.fixture(scope="module")
-def ddp_run(tiny_data, tmp_path_factory):
+def hellaswag_items(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hellaswag") / "items.jsonl"
+    path.write_text("".join(json.dumps(item) + "\n" for item in HELLASWAG + HELLASWAG[:2]))  # 5: shares of 3 and 2
+    return path
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_data, hellaswag_items, tmp_path_factory):
+    """The DDP job the tests here check: recomputing each block in the backward (activation checkpointing,
+    which changes no number) and scoring HellaSwag at each eval, its 5 items shared 3 + 2 between the ranks
+    (the rank with the shorter share keeps the collectives in step)."""
     out = tmp_path_factory.mktemp("ddp")
-    result = torchrun(["--strategy=ddp", *tiny_argv(tiny_data, out, **FIRST)])
+    result = torchrun(["--strategy=ddp", "--activation_checkpointing=True", f"--hellaswag_data={hellaswag_items}",
+                       *tiny_argv(tiny_data, out, **FIRST)])
     ok(result)
     return out, result
 
@@ -36,6 +55,15 @@ def test_two_ddp_ranks_take_the_one_process_steps(ddp_run, reference_losses):
     assert_scheduled_lr(ranks, logged(out, "lr"), DIST)
     assert LR_CHECKED <= {it for it, step in ranks[0]["steps"].items() if step["applied"]}
     print(f"DDP vs one process, largest loss difference over 20 iterations: {worst:.2e}")
+
+
+def test_hellaswag_shared_between_ranks_scores_what_one_process_scores(ddp_run, tiny_data, hellaswag_items, tmp_path):
+    # the same weights at iteration 0: one process scoring all 5 items must find what the 2 ranks found together
+    Trainer(build_run(load_config(tiny_argv(tiny_data, tmp_path, **DIST, hellaswag_data=hellaswag_items,
+                                            eval_only=True)))).run()
+    for key in ("hellaswag_acc", "hellaswag_acc_norm"):
+        assert logged(ddp_run[0], key)[0] == logged(tmp_path, key)[0]
+    assert sorted(logged(ddp_run[0], "hellaswag_acc")) == [0, 5, 10, 15, 20]  # scored at every eval
 
 
 def test_a_run_saved_by_two_ranks_resumes_on_one(ddp_run, tiny_data, reference_losses, tmp_path):
