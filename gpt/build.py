@@ -25,13 +25,13 @@ from data.dataset import Dataset, open_dataset
 from data.loader import BatchLoader, local_micro_batches
 from gpt.atomic import write_text_atomic
 from gpt.checkpoint import check_resumable, has_checkpoint
-from gpt.config import Config
+from gpt.config import Config, OptimConfig
 from gpt.distributed import DistEnv, init_process_group, rank_device, read_env
 from gpt.errors import GPTError
 from gpt.metrics import MetricsLogger
 from gpt.mfu import MFU
 from gpt.model import GPT
-from gpt.optim import build_optimizer
+from gpt.optim import build_optimizer, describe_optimizer
 from gpt.runtime import enable_fast_matmul, resolve_device, resolve_dtype, rng_state, seed_everything, set_rng_state
 from gpt.strategy import build_strategy, choose_strategy
 from gpt.strategy.base import Strategy
@@ -101,13 +101,22 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
         raise GPTError(f"--vocab_size={cfg.model.vocab_size} is smaller than dataset {cfg.data.dataset!r}'s "
                        f"vocabulary of {dataset.vocab_size}: leave it unset or make it larger.")
 
-    init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp")
+    strategy_name = choose_strategy(cfg, denv)
+    if cfg.optim.optimizer == "muon" and strategy_name == "deepspeed":
+        raise GPTError("--optimizer=muon does not run under DeepSpeed here: ZeRO hands a client optimizer flat "
+                       "shards of the weights, and Muon must see each whole matrix to orthogonalise it (DeepSpeed's "
+                       "own Muon, `\"optimizer\": {\"type\": \"Muon\"}` in ds_config.json, is a different "
+                       "implementation this trainer does not wire in). Train with Muon under DDP "
+                       "(`torchrun --nproc_per_node=N launch/train.py --strategy=ddp`), or keep DeepSpeed with "
+                       "--optimizer=adamw.")
+    init_process_group(denv, device, always=strategy_name == "ddp")
     strategy = build_strategy(cfg, denv, device, dtype, local_accum, debug=debug)
     resuming = _should_resume(cfg, denv)
     # every rank builds the same initial weights; dropout then draws from a per-rank stream
     seed_everything(t.seed)
     model = GPT(cfg.model, dropout=t.dropout, kernels=cfg.kernels).to(device)
-    strategy.wrap(model, build_optimizer(model, cfg.optim, device.type), compile=t.compile)
+    optimizer = build_optimizer(model, cfg.optim, device.type, rank=denv.rank, world_size=denv.world_size)
+    strategy.wrap(model, optimizer, compile=t.compile)
     seed_everything(t.seed + 1 + denv.rank)
     loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size, t.gradient_accumulation_steps, t.seed,
                          denv.rank, denv.world_size, sampling=cfg.data.sampling)
@@ -122,7 +131,7 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
             max_iters=t.max_iters, tokens_per_iter=run.tokens_per_iter, device=device,
             mfu=MFU.for_run(cfg.model, device, dtype, denv.world_size))
     if verbose:
-        _describe(run)
+        _describe(run, optimizer)
     return run
 
 
@@ -162,12 +171,24 @@ def _restore(run: Run) -> Optional[str]:
     return state.get("wandb_id")
 
 
-def _describe(run: Run) -> None:
+def _describe_schedule(o: OptimConfig) -> str:
+    """The learning-rate schedule in words, for the run's first lines."""
+    if not o.decay_lr:
+        return f"constant learning rate {o.learning_rate:g}"
+    cooldown = f", the last {o.cooldown_frac:.0%} of it a cooldown" if o.lr_schedule == "wsd" else ""
+    muon = f" (Muon {o.muon_lr:g} to {o.muon_lr * o.min_lr / o.learning_rate:g})" if (
+        o.optimizer == "muon" and o.learning_rate > 0) else ""
+    return (f"lr {o.learning_rate:g} to {o.min_lr:g}{muon}: {o.warmup_iters} warmup steps, {o.lr_schedule} "
+            f"schedule to step {o.lr_decay_iters}{cooldown}")
+
+
+def _describe(run: Run, optimizer: torch.optim.Optimizer) -> None:
     """The run's first lines: the model, its size, how the run is laid out, which kernels compute."""
     cfg = run.cfg
     run.print(json.dumps(dataclasses.asdict(cfg.model), indent=1))
     run.print(f"parameters: {sum(p.numel() for p in run.model.parameters()):,} total, "
               f"{run.model.num_params():,} without position embeddings")
+    run.print(describe_optimizer(optimizer) + f"; {_describe_schedule(cfg.optim)}")
     run.print(f"strategy {run.strategy.name}, {run.denv.world_size} rank(s), device {run.device}, "
               f"dtype {str(run.dtype).removeprefix('torch.')}, {run.tokens_per_iter:,} tokens per iteration")
     run.print(f"{kernels.describe()}; asked: " + ", ".join(f"{f.name}={getattr(cfg.kernels, f.name)}"

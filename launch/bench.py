@@ -15,6 +15,7 @@ MODES = {
     "kernels": "benchmarks.kernels",  # our Triton ops against torch, forward + backward
     "loader": "benchmarks.loader",    # loader throughput and resident memory on synthetic shards
     "train": "benchmarks.train",      # end-to-end training step: AdamW impls, bf16, compile, attention side by side
+    "time-to-loss": "benchmarks.time_to_loss",  # wall time and tokens to a val loss: classic vs fast recipe, ablations
 }
 
 

@@ -23,6 +23,7 @@ from gpt.checkpoint import commit_folder_checkpoint, entry_name, folder_client_s
 from gpt.distributed import DistEnv, barrier, ensure_single_process_env
 from gpt.errors import GPTError
 from gpt.model import GPT
+from gpt.optim import set_lr
 from gpt.strategy.base import Batch, StepResult, Strategy
 from gpt.strategy.deepspeed_config import load_ds_config, resolve_ds_config
 
@@ -76,8 +77,7 @@ class DeepSpeedStrategy(Strategy):
 
     def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
         # ZeRO wrappers step the client optimizer's param groups: setting lr there reaches every stage
-        for group in self.client_optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.client_optimizer, lr)
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
         data_s = 0.0
