@@ -52,6 +52,14 @@ class ModelConfig:
     zero_init: bool = opt(False, "attention and MLP output projections (and an untied head) start at zero")
     logit_softcap: float = opt(0.0, "logits = cap * tanh(logits / cap) when > 0; 0 = off")
 
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's inner width: 4 x n_embd, or for SwiGLU's three matrices 8/3 x n_embd (the same
+        parameters), rounded up to a multiple of 32."""
+        if self.mlp == "swiglu":
+            return 32 * -(-8 * self.n_embd // (3 * 32))
+        return 4 * self.n_embd
+
 
 @dataclasses.dataclass
 class KernelConfig:

@@ -104,14 +104,14 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head = config.n_head
         head_size = config.n_embd // config.n_head
-        # QK-norm: bounded attention logits, which is what lets Muon's larger steps stay stable
+        # QK-norm: attention logits stay bounded however large the weights grow under a high learning rate
         self.q_norm = RMSNorm(head_size, kernels) if config.qk_norm else None
         self.k_norm = RMSNorm(head_size, kernels) if config.qk_norm else None
         self.dropout = dropout
         self.layer = layer
         self.kernels = kernels
 
-    def forward(self, x: torch.Tensor, rope_tables: Rope = None, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tables: Rope = None, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(C, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head)  # (B, T, nh, hs)
@@ -119,9 +119,9 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        if rope_tables is not None:  # rotated before the keys enter the cache
-            q = rope(q, *rope_tables, impl=self.kernels.rope)
-            k = rope(k, *rope_tables, impl=self.kernels.rope)
+        if tables is not None:  # rotated before the keys enter the cache
+            q = rope(q, *tables, impl=self.kernels.rope)
+            k = rope(k, *tables, impl=self.kernels.rope)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         offset = 0
         if cache is not None:
@@ -133,20 +133,12 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-def mlp_hidden(config: ModelConfig) -> int:
-    """The MLP's inner width: 4 x n_embd, or for SwiGLU's three matrices 8/3 x n_embd (the same parameters),
-    rounded up to a multiple of 32."""
-    if config.mlp == "swiglu":
-        return 32 * math.ceil(8 * config.n_embd / 3 / 32)
-    return 4 * config.n_embd
-
-
 class MLP(nn.Module):
     """c_fc, the activation, c_proj. For SwiGLU c_fc holds the gate and the up projection stacked: silu(g) * u."""
 
     def __init__(self, config: ModelConfig, dropout: float):
         super().__init__()
-        hidden = mlp_hidden(config)
+        hidden = config.mlp_hidden
         self.kind = config.mlp
         self.c_fc = nn.Linear(config.n_embd, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
         self.gelu = nn.GELU() if self.kind == "gelu" else None
@@ -157,7 +149,7 @@ class MLP(nn.Module):
         h = self.c_fc(x)
         if self.kind == "gelu":
             h = self.gelu(h)
-        elif self.kind == "relu2":  # ReLU squared (So et al., "Primer"): cheaper than GELU, and trained faster here
+        elif self.kind == "relu2":  # ReLU squared (So et al., "Primer", 2021)
             h = torch.relu(h).square()
         else:
             gate, up = h.chunk(2, dim=-1)
@@ -173,8 +165,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config, config.n_embd, kernels)
         self.mlp = MLP(config, dropout)
 
-    def forward(self, x: torch.Tensor, rope_tables: Rope = None, cache: Optional[KVCache] = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), rope_tables, cache)
+    def forward(self, x: torch.Tensor, tables: Rope = None, cache: Optional[KVCache] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), tables, cache)
         return x + self.mlp(self.ln_2(x))
 
 
