@@ -46,7 +46,7 @@ class ModelConfig:
     pos_emb: str = opt("learned", "positions: learned (a block_size x n_embd table, GPT-2) | rope (rotary, no weights)")
     rope_base: float = opt(10000.0, "rotary embeddings' base: pair i turns by position * base^(-2i/head_dim)")
     norm: str = opt("layernorm", "layernorm (GPT-2) | rmsnorm (scale only: no mean, no bias)")
-    qk_norm: bool = opt(False, "RMSNorm each head's queries and keys (a gain per channel) before attention")
+    qk_norm: bool = opt(False, "RMSNorm every query and key head before attention (one gain per channel, shared)")
     mlp: str = opt("gelu", "gelu (4x wide, GPT-2) | relu2 (4x wide, ReLU squared) | swiglu (gated, 8/3x wide)")
     tie_embeddings: bool = opt(True, "the output head shares the token embedding's weights (GPT-2); False = its own")
     zero_init: bool = opt(False, "attention and MLP output projections (and an untied head) start at zero")

@@ -103,26 +103,24 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(dropout)
         self.n_head = config.n_head
-        head_size = config.n_embd // config.n_head
-        # QK-norm: attention logits stay bounded however large the weights grow under a high learning rate
-        self.q_norm = RMSNorm(head_size, kernels) if config.qk_norm else None
-        self.k_norm = RMSNorm(head_size, kernels) if config.qk_norm else None
+        # QK-norm: one RMSNorm over every query and key head, one gain per channel shared by both (only their
+        # product enters a score), so attention logits stay bounded however large a high learning rate makes
+        # the weights; queries and keys are normalised and rotated in one call each, not two
+        self.qk_norm = RMSNorm(config.n_embd // config.n_head, kernels) if config.qk_norm else None
         self.dropout = dropout
         self.layer = layer
         self.kernels = kernels
 
     def forward(self, x: torch.Tensor, tables: Rope = None, cache: Optional[KVCache] = None) -> torch.Tensor:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q = q.view(B, T, self.n_head, C // self.n_head)  # (B, T, nh, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head)
-        v = v.view(B, T, self.n_head, C // self.n_head)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        qk, v = self.c_attn(x).split([2 * C, C], dim=2)
+        qk = qk.view(B, T, 2 * self.n_head, C // self.n_head)  # (B, T, 2 nh, hs): the queries' heads, the keys'
+        if self.qk_norm is not None:
+            qk = self.qk_norm(qk)
         if tables is not None:  # rotated before the keys enter the cache
-            q = rope(q, *tables, impl=self.kernels.rope)
-            k = rope(k, *tables, impl=self.kernels.rope)
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
+            qk = rope(qk, *tables, impl=self.kernels.rope)
+        q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         offset = 0
         if cache is not None:
             offset = cache.length

@@ -52,7 +52,7 @@ def test_hidden_matrices_go_to_muon_and_everything_else_to_adamw():
     adamw = {names[id(p)] for g in opt.param_groups if not g["use_muon"] for p in g["params"]}
     assert muon == {f"transformer.h.{i}.{n}": s for i in range(2) for n, s in
                     [("attn.c_attn.weight", 3), ("attn.c_proj.weight", 1), ("mlp.c_fc.weight", 2), ("mlp.c_proj.weight", 1)]}
-    assert {"transformer.wte.weight", "lm_head.weight", "transformer.h.0.attn.q_norm.weight",
+    assert {"transformer.wte.weight", "lm_head.weight", "transformer.h.0.attn.qk_norm.weight",
             "transformer.ln_f.weight"} <= adamw
     assert len(muon) + len(adamw) == len(list(m.parameters()))
     assert opt.param_groups[0]["lr_scale"] == 1.0 and not opt.param_groups[0]["use_muon"]

@@ -94,3 +94,28 @@ def test_auto_runs_torchs_op_on_cpu(monkeypatch):
         raise AssertionError("auto must not launch a kernel on CPU")
     monkeypatch.setattr(kernels._rope, "rope_triton", fail)
     kernels.rope(torch.randn(1, 4, 2, 8), *rope_tables(torch.arange(4), 8, 10000.0))
+
+
+def test_a_recipe_gpt_on_our_kernels_trains_like_the_reference():
+    from gpt.config import KernelConfig, ModelConfig
+    from gpt.model import GPT
+
+    def losses(impl: str) -> list[float]:
+        torch.manual_seed(0)
+        cfg = ModelConfig(block_size=16, vocab_size=37, n_layer=1, n_head=2, n_embd=32, pos_emb="rope", norm="rmsnorm",
+                          qk_norm=True, mlp="relu2", tie_embeddings=False)
+        model = GPT(cfg, kernels=KernelConfig(attention="torch", rmsnorm=impl, rope=impl))
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        idx = torch.randint(0, 37, (2, 15), generator=torch.Generator().manual_seed(1))
+        out = []
+        for _ in range(3):
+            _, loss = model(idx, torch.roll(idx, -1, 1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            out.append(loss.item())
+        return out
+
+    ours = losses("triton")
+    assert ours[-1] < ours[0]
+    assert ours == pytest.approx(losses("torch"), rel=1e-4, abs=1e-5)
