@@ -124,6 +124,8 @@ class Muon(torch.optim.Optimizer):
                                  else torch.tensor(0.0, dtype=torch.float32))
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif fused and state["step"].device != p.device:  # a checkpoint read onto the CPU, resumed on a GPU
+                state["step"] = state["step"].to(p.device, torch.float32)
             params.append(p)
             grads.append(p.grad)
             exp_avgs.append(state["exp_avg"])
