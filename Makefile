@@ -48,15 +48,52 @@ test: data
 clean:
 	rm -rf out-*/ shakespeare_output/ .pytest_cache
 
-# On a CUDA machine: our Triton kernels' bf16 correctness tests, then the kernel benchmark (its table
-# comes last); under 8 minutes. Runs the machine's own python (CUDA torch + triton), not the CPU venv.
+# On a CUDA machine, with that machine's own python (CUDA torch + triton): the GPU acceptance check
+# (benchmarks/gpu_check.py: tests/gpu, the kernel benchmark, shakespeare_char end to end, the GPT-2 124M
+# shape, DDP and ZeRO-2 against one process), about 8 minutes; numbers in gpu-check/gpu-check.{json,md}.
+# A machine without a package registry takes what it lacks (DeepSpeed and what it imports, PyYAML) from the
+# wheelhouse .whl/ that `make gpu-wheels` builds here: carry .whl/ and data/shakespeare_char over.
 PYTHON_GPU ?= python3
-.PHONY: gpu-check
+GPU_CHECK_ARGS ?=
+# distribution -> the module that shows it is installed
+GPU_DEPS := deepspeed:deepspeed einops:einops hjson:hjson msgpack:msgpack ninja:ninja packaging:packaging \
+	psutil:psutil py-cpuinfo:cpuinfo pydantic:pydantic pydantic-core:pydantic_core annotated-types:annotated_types \
+	typing-extensions:typing_extensions typing-inspection:typing_inspection tqdm:tqdm pyyaml:yaml numpy:numpy
+.PHONY: gpu-check gpu-wheels
 gpu-check:
-	$(PYTHON_GPU) -m pytest -q -p no:cacheprovider tests/gpu && $(PYTHON_GPU) launch/bench.py kernels
+	@missing=$$(for pair in $(GPU_DEPS); do $(PYTHON_GPU) -c "import $${pair#*:}" 2>/dev/null || echo $${pair%%:*}; done); \
+	if [ -n "$$missing" ] && [ -d .whl ]; then \
+		echo "== installing from .whl/ into .whl/site: $$missing"; \
+		$(PYTHON_GPU) -m pip install --quiet --no-index --find-links=.whl --no-deps --target=.whl/site $$missing; \
+	fi
+	PYTHONPATH=.:.whl/site $(PYTHON_GPU) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
+
+GPU_WHEEL_PYTHONS := 3.10 3.11 3.12 3.13
+gpu-wheels: venv
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps deepspeed==0.19.8 -w .whl
+	for v in $(GPU_WHEEL_PYTHONS); do \
+		$(PY) -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps --python-version $$v \
+			--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
+			$(filter-out deepspeed,$(foreach pair,$(GPU_DEPS),$(firstword $(subst :, ,$(pair))))); \
+	done
 
 # The CPU training-speed comparison (docs/benchmarks.md, "Training speed (CPU)"): variants of the CPU config's
 # step side by side, a few minutes, table last. Keys after BENCH_ARGS=, e.g. BENCH_ARGS="--rounds=10 --threads=1".
 .PHONY: bench
 bench: data
 	$(PY) launch/bench.py train $(BENCH_ARGS)
+
+# A real single-node Slurm (Debian's slurm-wlm and munge, installed with apt-get when missing; needs root):
+# launch/slurm_multinode.sbatch trains 2 CPU ranks with DDP, is requeued, and must resume from its checkpoint.
+# tests/slurm/cluster.sh starts private munged, slurmctld and slurmd for it and stops them after; where it cannot
+# run (not root, no apt-get) it says why and succeeds. About 2 minutes, plus ~30 s for the first install.
+.PHONY: test-slurm
+test-slurm: data
+	tests/slurm/cluster.sh $(PY) -m pytest -q -p no:cacheprovider tests/slurm
+
+# Compile every Triton kernel we launch for sm_80, sm_89 and sm_90 without a GPU, and check shared memory,
+# registers and spills (docs/benchmarks.md, "GPU compile check (no GPU needed)"). Triton's cache makes reruns quick.
+.PHONY: gpu-compile
+gpu-compile: venv
+	$(PY) -m kernels.gpu_compile

@@ -4,8 +4,8 @@ Each variant is the same model (same initial weights, same batches, same LR sche
 by the single-process strategy, with one thing changed from the baseline — the plain eager
 fp32 step: SDPA attention, AdamW one parameter at a time, no compile. Variants are written
 as `+`-joined changes: `loop`, `foreach`, `fused` (the AdamW implementation), `bf16` (autocast;
-weights and optimizer state stay fp32), `compile`, `math` or `sdpa` (attention), and
-`default` (the config as `launch/train.py` would run it). Every variant is built and warmed up
+weights and optimizer state stay fp32), `compile`, `math` or `sdpa` (attention), `ckpt`
+(activation checkpointing), and `default` (the config as `launch/train.py` would run it). Every variant is built and warmed up
 first (the compile time is reported apart), then timed in rounds, the variant order rotating
 each round, so a load that comes and goes on a shared machine falls on all of them alike:
 compare the ratios of one run, not the absolute times of two.
@@ -25,7 +25,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -40,7 +40,7 @@ from gpt.trainer import Trainer
 USAGE = "usage: python launch/bench.py train [CONFIG.yaml] [--key=value ...] (training keys too, e.g. --batch_size=16)"
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char_cpu.yaml"
 PROFILE_STEPS = 10
-CHANGES = ("baseline", "default", "loop", "foreach", "fused", "bf16", "compile", "math", "torch")
+CHANGES = ("baseline", "default", "loop", "foreach", "fused", "bf16", "compile", "math", "torch", "ckpt")
 
 
 @dataclasses.dataclass
@@ -58,13 +58,14 @@ class TrainBenchConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """How one variant trains: the AdamW implementation, precision, compile and attention."""
+    """How one variant trains: the AdamW implementation, precision, compile, attention and activation checkpointing."""
 
     name: str
     optimizer: str  # loop | foreach | fused | auto
     dtype: str  # float32 | bfloat16 | the config's
     compile: bool
     attention: str
+    checkpointing: bool = False
 
 
 def parse_variant(name: str, cfg: Config) -> Variant:
@@ -76,7 +77,8 @@ def parse_variant(name: str, cfg: Config) -> Variant:
                        "(e.g. fused+bf16+compile).")
     v = Variant(name, "loop", "float32", False, "torch")
     if "default" in parts:  # the config as the trainer runs it; later changes apply on top
-        v = Variant(name, "auto", cfg.train.dtype, cfg.train.compile, cfg.kernels.attention)
+        v = Variant(name, "auto", cfg.train.dtype, cfg.train.compile, cfg.kernels.attention,
+                    cfg.train.activation_checkpointing)
     for p in parts:
         if p in ("loop", "foreach", "fused"):
             v = dataclasses.replace(v, optimizer=p)
@@ -86,6 +88,8 @@ def parse_variant(name: str, cfg: Config) -> Variant:
             v = dataclasses.replace(v, compile=True)
         elif p in ("math", "torch"):
             v = dataclasses.replace(v, attention=p)
+        elif p == "ckpt":
+            v = dataclasses.replace(v, checkpointing=True)
     return v
 
 
@@ -135,6 +139,7 @@ class Runner:
         cfg = copy.deepcopy(cfg)  # the same seed, so the same initial weights and batches for every variant
         cfg.optim.adamw_impl = variant.optimizer
         cfg.train.dtype, cfg.train.compile, cfg.kernels.attention = variant.dtype, variant.compile, variant.attention
+        cfg.train.activation_checkpointing = variant.checkpointing
         self.run = build_run(cfg, metrics=False, verbose=False)
         self.trainer = Trainer(self.run)
         # the table names what ran: "auto" resolved to the optimizer and dtype actually built
@@ -145,7 +150,8 @@ class Runner:
         self.variant = dataclasses.replace(variant, optimizer=adamw, dtype=str(self.run.dtype).removeprefix("torch."))
         self.step_ms: list[float] = []
         self.data_ms: list[float] = []
-        self.losses: list[float] = []
+        self.losses: list[float] = []  # of the timed steps
+        self.losses_seen: list[float] = []  # of every step, warm-up and profiled ones included
 
     @property
     def dtype(self) -> torch.dtype:
@@ -156,6 +162,7 @@ class Runner:
         start = time.perf_counter()
         result = self.trainer.step()
         loss = float(result.loss)  # waits for the step to finish, as a logged step would
+        self.losses_seen.append(loss)
         return (time.perf_counter() - start) * 1e3, result.data_s * 1e3, loss
 
     def timed(self, n: int) -> None:
@@ -246,37 +253,43 @@ def table(results: list[Result], loss_steps: int) -> str:
     """Markdown, one row per variant, with the speed-up over the first row (the baseline when it is first),
     taken round by round (see Result.speedup_over)."""
     base = results[0]
-    lines = ["| variant | AdamW | dtype | compile | attention | ms/iter median (p10-p90) | tokens/s | MFU | "
+    lines = ["| variant | AdamW | dtype | compile | attention | act. ckpt | ms/iter median (p10-p90) | tokens/s | MFU | "
              "peak MiB/step | data share | first step s | loss, last steps | speed vs " + base.variant.name + ", paired by round |",
-             "| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in results:
         v = r.variant
         loss = statistics.fmean(r.losses[-loss_steps:])
         lines.append(f"| {v.name} | {v.optimizer} | {v.dtype} | {'yes' if v.compile else 'no'} | {v.attention} | "
+                     f"{'yes' if v.checkpointing else 'no'} | "
                      f"{r.median_ms:.1f} ({r.pct(0.1):.1f}-{r.pct(0.9):.1f}) | {r.tokens_per_s:,.0f} | "
                      f"{r.mfu.of(r.tokens_per_s):.1%} | {r.peak_mib:.1f} | {r.data_share:.1%} | {r.first_step_s:.1f} | "
                      f"{loss:.4f} | {r.speedup_over(base):.2f}x |")
     return "\n".join(lines)
 
 
-def parse(argv: list[str]) -> tuple[Config, TrainBenchConfig]:
-    """`[CONFIG.yaml] [--key=value ...]`: bench keys go to TrainBenchConfig, every other key to the training Config."""
+def split_argv_configs(argv: list[str], bench_cls: type, usage: str, default_config: Path) -> tuple[Config, Any]:
+    """`[CONFIG.yaml] [--key=value ...]`: keys of `bench_cls` configure the benchmark, every other key the training
+    Config (validated as launch/train.py validates it). Shared by the benchmarks that build runs."""
     positional, overrides = split_argv(argv, allow_positional=True)
     if len(positional) > 1:
-        raise GPTError(f"expected at most one config file, got {positional}. {USAGE}")
-    bench_keys = set(field_specs(TrainBenchConfig))
-    bench = build_config(TrainBenchConfig, {}, {k: v for k, v in overrides.items() if k in bench_keys})
-    if bench.rounds < 1 or bench.iters < 1 or bench.warmup < 1 or bench.loss_steps < 1:
-        raise GPTError("--rounds, --iters, --warmup and --loss_steps must each be at least 1.")
-    if bench.threads < 0:
-        raise GPTError(f"--threads={bench.threads} must be 0 (torch's default) or a number of threads.")
-    path = Path(positional[0]) if positional else DEFAULT_CONFIG
+        raise GPTError(f"expected at most one config file, got {positional}. {usage}")
+    bench_keys = set(field_specs(bench_cls))
+    bench = build_config(bench_cls, {}, {k: v for k, v in overrides.items() if k in bench_keys})
+    path = Path(positional[0]) if positional else default_config
     rest = {k: v for k, v in overrides.items() if k not in bench_keys}
     known = list(bench_keys) + list(field_specs(Config))
     for key in rest:  # name close bench keys too, not only training ones
         if key not in known:
             raise unknown_key_error(key, known, "on the command line")
-    cfg = validate(build_config(Config, read_yaml(path), rest, source=str(path)))
+    return validate(build_config(Config, read_yaml(path), rest, source=str(path))), bench
+
+
+def parse(argv: list[str]) -> tuple[Config, TrainBenchConfig]:
+    cfg, bench = split_argv_configs(argv, TrainBenchConfig, USAGE, DEFAULT_CONFIG)
+    if bench.rounds < 1 or bench.iters < 1 or bench.warmup < 1 or bench.loss_steps < 1:
+        raise GPTError("--rounds, --iters, --warmup and --loss_steps must each be at least 1.")
+    if bench.threads < 0:
+        raise GPTError(f"--threads={bench.threads} must be 0 (torch's default) or a number of threads.")
     return cfg, bench
 
 

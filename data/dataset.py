@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from data.formats import detect_format, open_llmc, open_nanogpt
+from data.shakespeare import BUILT_IN
 from data.shards import ShardFile, describe_shard
 from data.tokenizer import Tokenizer, tokenizer_from_meta
 from gpt.errors import GPTError
@@ -21,7 +22,10 @@ SPLITS = ("train", "val")
 
 def prepare_command(name: str, data_dir: str | Path) -> str:
     extra = "" if str(data_dir) == "data" else f" --data_dir={data_dir}"
-    src = "" if name == "shakespeare_char" else " --input=PATH_TO_TEXT"
+    if name in BUILT_IN:
+        src = "" if BUILT_IN[name] == "char" else f" --tokenizer={BUILT_IN[name]}"
+    else:
+        src = " --input=PATH_TO_TEXT"
     return f"python data/prepare.py --dataset={name}{src}{extra}"
 
 

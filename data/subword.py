@@ -1,8 +1,9 @@
 """Subword tokenizers: GPT-2's (tiktoken) and a byte-level BPE trained on the corpus (`tokenizers`).
 
 Both put an end-of-text token between documents. tiktoken downloads GPT-2's two
-encoding files on first use and caches them (TIKTOKEN_CACHE_DIR); offline, the
-cache must be brought along. The trained BPE needs nothing from outside: its
+encoding files on first use and caches them (TIKTOKEN_CACHE_DIR); offline, either that
+cache or a Hugging Face snapshot of GPT-2 (vocab.json + merges.txt, read through
+`tokenizers` by data/gpt2_files.py) must be on the machine. The trained BPE needs nothing from outside: its
 whole definition lives in meta.json (and tokenizer.json beside it, loadable by
 `tokenizers.Tokenizer.from_file`).
 """
@@ -25,7 +26,8 @@ def gpt2_meta() -> dict[str, Any]:
 
 
 def load_gpt2_encoding() -> Any:
-    """tiktoken's GPT-2 encoding, or a GPTError saying how to provide its files offline."""
+    """GPT-2's encoding: tiktoken's, else one read from a cached Hugging Face snapshot's vocab.json and
+    merges.txt (same ids), else a GPTError saying how to bring either onto an offline machine."""
     try:
         import tiktoken
     except ImportError:
@@ -33,16 +35,23 @@ def load_gpt2_encoding() -> Any:
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as err:  # tiktoken surfaces network, cache and hash failures as assorted types
-        raise GPTError(
-            f"GPT-2's encoding could not be loaded ({type(err).__name__}: {str(err)[:160]}). tiktoken fetches its "
-            "two files (vocab.bpe, encoder.json) on first use and caches them; this machine cannot fetch them. "
-            "On a machine with internet run `TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; "
-            "tiktoken.get_encoding('gpt2')\"`, copy DIR here and set TIKTOKEN_CACHE_DIR=DIR; or use "
-            "--tokenizer=bpe, which trains a tokenizer on your corpus offline.") from None
+        failure = f"{type(err).__name__}: {str(err)[:160]}"
+    from gpt.hf_snapshot import download_hint, find_gpt2_tokenizer
+    folder, looked = find_gpt2_tokenizer()
+    if folder is not None:
+        from data.gpt2_files import SnapshotEncoding
+        return SnapshotEncoding(folder)
+    raise GPTError(
+        f"GPT-2's encoding could not be loaded: tiktoken failed ({failure}) and no Hugging Face snapshot of GPT-2 "
+        f"with vocab.json and merges.txt is cached (looked in {looked[0].parent}). tiktoken fetches its two files "
+        "on first use, which this machine cannot do. Bring either one: on a machine with internet run "
+        "`TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('gpt2')\"`, copy DIR here and "
+        f"set TIKTOKEN_CACHE_DIR=DIR; or {download_hint('gpt2', 'vocab.json merges.txt')}. Or use "
+        "--tokenizer=bpe, which trains a tokenizer on your corpus offline.") from None
 
 
 class GPT2Tokenizer:
-    """GPT-2's byte-level BPE (50,257 ids, end-of-text = 50256) through tiktoken."""
+    """GPT-2's byte-level BPE (50,257 ids, end-of-text = 50256) through tiktoken or a snapshot's files."""
 
     kind = "gpt2"
 
@@ -54,8 +63,8 @@ class GPT2Tokenizer:
     def from_meta(cls, meta: dict[str, Any]) -> "GPT2Tokenizer":
         tok = cls()
         if tok.vocab_size != int(meta["vocab_size"]) or tok.eot != int(meta.get("eot", tok.eot)):
-            raise GPTError(f"the dataset's GPT-2 tokenizer has {meta['vocab_size']} ids, the encoding tiktoken "
-                           f"loaded here has {tok.vocab_size}: point TIKTOKEN_CACHE_DIR at GPT-2's files.")
+            raise GPTError(f"the dataset's GPT-2 tokenizer has {meta['vocab_size']} ids, the GPT-2 encoding "
+                           f"loaded here has {tok.vocab_size}: point TIKTOKEN_CACHE_DIR (or HF_HOME) at GPT-2's files.")
         return tok
 
     @property

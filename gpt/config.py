@@ -14,8 +14,10 @@ from typing import Any, Optional, Sequence
 
 from data.formats import FORMATS
 from data.sampling import SAMPLING
+from gpt.distributed import DEFAULT_DIST_TIMEOUT_S
 from gpt.errors import GPTError
 from gpt.flags import build_config, choice, flatten, opt, parse_args
+from gpt.hf_snapshot import GPT2_MODELS
 from gpt.runtime import DTYPES, check_device_name
 from kernels.runtime import IMPLS
 
@@ -24,7 +26,8 @@ DEFAULT_CONFIG = REPO_ROOT / "configs" / "shakespeare_char.yaml"
 
 INIT_FROM = ("scratch", "resume", "auto")
 ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
-STRATEGIES = ("auto", "single", "ddp", "deepspeed")
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
+FSDP_ACCUMULATION = ("auto", "unsharded", "sharded")
 POS_EMBS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
@@ -114,16 +117,24 @@ class TrainConfig:
     eval_only: bool = opt(False, "evaluate once and exit")
     log_interval: int = opt(1, "a progress line every this many steps")
     always_save_checkpoint: bool = opt(True, "save at every eval; False = only when val loss improves")
-    init_from: str = opt("scratch", "scratch | resume (from out_dir) | auto (resume when a checkpoint exists)")
+    init_from: str = opt("scratch", "scratch | resume (from out_dir) | auto (resume when a checkpoint exists) | "
+                                    "gpt2 | gpt2-medium | gpt2-large | gpt2-xl | PATH: OpenAI's or any Hugging "
+                                    "Face GPT-2 weights, from a local snapshot")
     keep_last: int = opt(1, "checkpoints kept besides the best one")
     time_limit: str = opt("", "e.g. 2h, 90m, 1h30m, 3600 (seconds): save and exit 0 before it runs out")
     max_bad_steps: int = opt(10, "consecutive non-finite steps tolerated (each one skipped) before stopping")
     gradient_accumulation_steps: int = opt(1, "micro-batches per step, over all ranks (a multiple of the world size)")
+    tokens_per_step: int = opt(0, "tokens per optimizer step, over all ranks: sets gradient_accumulation_steps to "
+                                  "the nearest that batch_size x block_size x ranks reaches; 0 = off")
     dropout: float = opt(0.0, "dropout rate while training (0 for pretraining, 0.1+ for finetuning)")
     seed: int = opt(1337, "seeds weights, data order and dropout")
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU) | float32 | bfloat16 | float16")
     compile: bool = opt(False, "torch.compile the model")
+    activation_checkpointing: bool = opt(False, "keep only each block's input and recompute the block in the "
+                                                "backward: activation memory for one more forward")
+    hellaswag_data: str = opt("", "a hellaswag_val.jsonl: score HellaSwag at every eval too ('' = off)")
+    hellaswag_limit: int = opt(0, "score only the first N HellaSwag items at each eval; 0 = all")
 
 
 @dataclasses.dataclass
@@ -131,10 +142,16 @@ class DistConfig:
     """How the run is spread over processes; see gpt/strategy/."""
 
     strategy: str = opt("auto", "auto (deepspeed under its launcher or with zero_stage, ddp with >1 process, else single) "
-                                "| single | ddp | deepspeed")
+                                "| single | ddp | fsdp (FSDP2: weights, gradients and optimizer sharded; only by name) "
+                                "| deepspeed")
+    fsdp_accumulation: str = opt("auto", "FSDP between micro-batches: unsharded (weights and gradients kept whole: "
+                                         "fewer collectives) | sharded (least memory) | auto (unsharded when they fit "
+                                         "in a quarter of free memory)")
     zero_stage: Optional[int] = opt(None, "DeepSpeed ZeRO stage 0-3; None = ds_config.json's")
     ds_config: str = opt("ds_config.json", "DeepSpeed settings; fields the training config owns are \"auto\"")
     local_rank: Optional[int] = opt(None, "passed by the deepspeed launcher and ignored: LOCAL_RANK is read from the environment")
+    dist_timeout: float = opt(DEFAULT_DIST_TIMEOUT_S, "seconds a rank may make no progress before the job ends naming it "
+                                                      "(collectives time out at twice this)")
 
 
 @dataclasses.dataclass
@@ -208,7 +225,17 @@ def validate(cfg: Config) -> Config:
     if m.logit_softcap > 0 and cfg.kernels.fused_linear_loss:
         raise GPTError(f"--logit_softcap={m.logit_softcap} and --fused_linear_loss=True do not go together: the fused "
                        "loss never builds the logits the cap bends. Turn one of them off.")
-    choice("init_from", t.init_from, INIT_FROM)
+    if t.init_from not in INIT_FROM and t.init_from not in GPT2_MODELS and not Path(t.init_from).expanduser().is_dir():
+        raise GPTError(f"--init_from={t.init_from!r} is not one of {', '.join(INIT_FROM + tuple(GPT2_MODELS))}, nor a "
+                       "folder: pass one of those, or a folder with a Hugging Face GPT-2's config.json and weights.")
+    if t.tokens_per_step < 0:
+        raise GPTError(f"--tokens_per_step={t.tokens_per_step} must be 0 (off) or a number of tokens.")
+    if 0 < t.tokens_per_step < d.batch_size * m.block_size:
+        raise GPTError(f"--tokens_per_step={t.tokens_per_step} is less than one micro-batch (batch_size "
+                       f"{d.batch_size} x block_size {m.block_size} = {d.batch_size * m.block_size} tokens): "
+                       "lower --batch_size or raise --tokens_per_step.")
+    if t.hellaswag_limit < 0:
+        raise GPTError(f"--hellaswag_limit={t.hellaswag_limit} must be 0 (all items) or more.")
     if t.keep_last < 1:
         raise GPTError(f"--keep_last={t.keep_last} must be at least 1 (the latest checkpoint is always kept).")
     if t.max_bad_steps < 1:
@@ -221,6 +248,12 @@ def validate(cfg: Config) -> Config:
         if cfg.dist.strategy not in ("auto", "deepspeed"):
             raise GPTError(f"--zero_stage is a DeepSpeed setting but --strategy={cfg.dist.strategy}: "
                            "drop --zero_stage or use --strategy=deepspeed.")
+    choice("fsdp_accumulation", cfg.dist.fsdp_accumulation, FSDP_ACCUMULATION)
+    if cfg.dist.fsdp_accumulation != "auto" and cfg.dist.strategy != "fsdp":
+        raise GPTError(f"--fsdp_accumulation is an FSDP setting but --strategy={cfg.dist.strategy}: "
+                       "drop --fsdp_accumulation or use --strategy=fsdp.")
+    if not cfg.dist.dist_timeout > 0:
+        raise GPTError(f"--dist_timeout={cfg.dist.dist_timeout} must be a positive number of seconds, e.g. 300.")
     if not d.dataset or "/" in d.dataset:
         raise GPTError(f"--dataset={d.dataset!r} must be a dataset name under --data_dir (e.g. shakespeare_char).")
     choice("sampling", d.sampling, SAMPLING)

@@ -17,8 +17,34 @@ import torch.distributed as dist
 
 from gpt.errors import GPTError
 
+# --dist_timeout's default: a rank that finishes no step for this long ends the job (gpt/heartbeat.py). Five
+# minutes is far above any step, eval batch or checkpoint save of the models this project trains (a 1.5 GB
+# nanoGPT-124M checkpoint saves in seconds), and keeps today's 10-minute collective timeout below.
+DEFAULT_DIST_TIMEOUT_S = 300.0
+
+
+def collective_timeout(dist_timeout_s: float) -> datetime.timedelta:
+    """How long one collective may wait: twice the heartbeat's timeout.
+
+    The heartbeat must speak first, because it names the rank that hangs and the step it
+    finished, while a timed-out gloo or NCCL collective only says that it waited. The
+    collective timeout remains the backstop where the heartbeat does not watch: set-up and a
+    process's first step (torch.compile makes its length unknowable).
+    """
+    return datetime.timedelta(seconds=2.0 * dist_timeout_s)
+
+
 # A collective that waits longer than this means a peer died or hangs: fail instead of waiting forever.
-COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
+COLLECTIVE_TIMEOUT = collective_timeout(DEFAULT_DIST_TIMEOUT_S)
+
+
+def attempt_prefix() -> str:
+    """The store prefix for this attempt of the job.
+
+    torchrun reuses its store when it restarts a failed job (--max-restarts): without a
+    per-attempt prefix, the new ranks can read the dead ranks' addresses (and heartbeats).
+    """
+    return f"gpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or '0'}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,18 +81,24 @@ def read_env() -> DistEnv:
     return DistEnv(rank=rank, local_rank=local, world_size=world, launcher=launcher)
 
 
-def init_process_group(denv: DistEnv, device: torch.device, always: bool = False) -> None:
-    """Join the process group: nccl on CUDA, gloo on CPU. For one process only when `always` (DDP insists)."""
+def init_process_group(denv: DistEnv, device: torch.device, always: bool = False,
+                       dist_timeout_s: float = DEFAULT_DIST_TIMEOUT_S) -> None:
+    """Join the process group: nccl on CUDA, gloo on CPU. For one process only when `always` (DDP insists).
+
+    Collectives time out after `collective_timeout(dist_timeout_s)`; pass the same
+    `dist_timeout_s` to `gpt.heartbeat.Heartbeat.start`.
+    """
     if dist.is_initialized() or (denv.world_size == 1 and not always):
         return
+    if not dist_timeout_s > 0:
+        raise GPTError(f"--dist_timeout={dist_timeout_s} must be a positive number of seconds, e.g. 300.")
     if denv.world_size == 1:
         ensure_single_process_env()
     backend = "nccl" if device.type == "cuda" else "gloo"
-    store, rank, world = next(dist.rendezvous("env://", timeout=COLLECTIVE_TIMEOUT))
-    # torchrun reuses its store when it restarts a failed job (--max-restarts): without a per-attempt
-    # prefix, the new ranks can read the dead ranks' addresses and fail to connect
-    store = dist.PrefixStore(f"gpt/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
-    kwargs: dict[str, Any] = {"backend": backend, "timeout": COLLECTIVE_TIMEOUT, "store": store,
+    timeout = collective_timeout(dist_timeout_s)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    store = dist.PrefixStore(attempt_prefix(), store)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timeout, "store": store,
                               "rank": rank, "world_size": world}
     if device.type == "cuda":
         kwargs["device_id"] = device

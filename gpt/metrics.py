@@ -108,15 +108,18 @@ class MetricsLogger:
             self._log_wandb(self.wandb, record)
 
     def train(self, it: int, loss: float, lr: float, dt_ms: float, tokens_per_s: float,
-              grad_norm: Optional[float] = None, data_ms: Optional[float] = None) -> None:
+              grad_norm: Optional[float] = None, data_ms: Optional[float] = None, note: Optional[str] = None) -> None:
         """Log training step `it`: its loss (global batch), learning rate, duration and throughput,
-        the gradient norm before clipping and the time spent waiting for data, when known."""
+        the gradient norm before clipping and the time spent waiting for data, when known; `note`
+        (e.g. a straggler: "slowest rank 3: 2.1x median") ends the progress line and is kept in the record."""
         now = time.perf_counter()
         record = {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt_ms, "tokens_per_s": tokens_per_s}
         if grad_norm is not None:
             record["grad_norm"] = grad_norm
         if data_ms is not None:
             record["data_ms"] = data_ms
+        if note:
+            record["note"] = note
         if self.mfu is not None:
             record["mfu"] = self.mfu.of(tokens_per_s)
         record["mem_mib"] = peak_memory_mib(self.device)
@@ -134,6 +137,8 @@ class MetricsLogger:
         parts.append(f"mem {record['mem_mib']:,.0f} MiB")
         if self.max_iters:
             parts.append(f"ETA {format_duration(self._eta(it, now, dt_ms / 1000.0))}")
+        if note:
+            parts.append(note)
         print(" | ".join(parts), flush=True)
 
     def _eta(self, it: int, now: float, dt: float) -> float:
@@ -144,12 +149,14 @@ class MetricsLogger:
         per_iter = (now - t0) / (it - it0) if it > it0 else dt
         return max(self.max_iters - it - 1, 0) * per_iter
 
-    def eval(self, it: int, train_loss: float, val_loss: float) -> None:
-        """Log an evaluation at iteration `it` and redraw loss.png."""
+    def eval(self, it: int, train_loss: float, val_loss: float, **scores: float) -> None:
+        """Log an evaluation at iteration `it` (with any downstream `scores`, e.g. hellaswag_acc) and redraw loss.png."""
         best = min((r["val_loss"] for r in self.evals.values()), default=float("inf"))
-        self._write({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss, "time": time.time()})
+        self._write({"kind": "eval", "iter": it, "train_loss": train_loss, "val_loss": val_loss, **scores,
+                     "time": time.time()})
         note = " (best so far)" if val_loss < best else f" (best {best:.4f})"
-        print(f"== eval at iter {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{note}", flush=True)
+        extra = "".join(f", {k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
+        print(f"== eval at iter {it}: train loss {train_loss:.4f}, val loss {val_loss:.4f}{note}{extra}", flush=True)
         self.plot()
 
     # -- outputs ----------------------------------------------------------------------------------------

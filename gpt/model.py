@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from gpt.config import KernelConfig, ModelConfig, validate_model
 from kernels import attention, cross_entropy, fused_linear_cross_entropy, layer_norm, rms_norm, rope
@@ -33,21 +34,67 @@ Rope = Optional[tuple[torch.Tensor, torch.Tensor]]  # (cos, sin), (T, head_dim/2
 
 
 class KVCache:
-    """Keys and values of every layer for the tokens seen so far, for incremental decoding."""
+    """Keys and values of every layer for the tokens seen so far, for incremental decoding.
+
+    Buffers of a fixed size, allocated once: (n_layer, B, nh, max_len, hs). The key and value of
+    position p live in slot p % max_len, and `pos`, the position of the next token, is a tensor:
+    a decode step then has the same shapes and the same Python state at every position, so one
+    compiled graph (one CUDA graph) serves them all. Attention covers every slot, masked to the
+    slots written so far; stale slots after a `reset` are masked too, so nothing is cleared.
+
+    A chunk of several tokens (a prompt) must fit in the slots left. Single tokens may go on past
+    max_len: each then overwrites the oldest key, and every layer attends to the last max_len
+    positions (sliding-window attention). That suits rotary positions, whose scores depend only
+    on distances; with learned positions a token can have no position past block_size, so
+    gpt/generate.py re-anchors the window instead (`reset` and a new prefill).
+    """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int,
                  device: torch.device, dtype: torch.dtype):
         shape = (n_layer, batch, n_head, max_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.max_len = max_len
+        self.slot_ids = torch.arange(max_len, device=device)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (B, nh, T, hs) for `layer`; return all keys and values so far."""
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def positions(self, t: int) -> torch.Tensor:
+        """The absolute positions (t,) of the next t tokens, after those seen.
+
+        A forward calls this once, then `attend` in every layer, then `advance`: the slots and
+        the mask of these t tokens are worked out here once, not in each layer (measured on the
+        2-core CPU: building the mask took ~35 us, a decode step's attention ~45 us with it).
+        """
+        positions = self.pos if t == 1 else self.pos + torch.arange(t, device=self.pos.device)
+        if t > 1 and int(positions[-1]) >= self.max_len:  # one host sync, for prompts only; decode steps stay async
+            raise ValueError(f"a chunk of {t} tokens reaches position {int(positions[-1])}: the cache holds "
+                             f"{self.max_len}; past it, feed one token at a time (or reset)")
+        self.slots = positions % self.max_len
+        # slot s is visible to the query at position p once written: before the first wrap slot s
+        # holds position s (s <= p); after it, every slot holds one of the last max_len positions.
+        # Additive, in the cache's dtype: SDPA converted a boolean mask in every layer (~20 us each)
+        hidden = self.slot_ids[None, :] > positions[:, None]
+        self.mask = torch.zeros(hidden.shape, dtype=self.k.dtype, device=hidden.device).masked_fill_(hidden, float("-inf"))
+        return positions
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store the new tokens' k, v (B, nh, T, hs) for `layer`; attention of q (B, nh, T, hs) over every key kept.
+
+        Torch's SDPA with a mask tensor, not kernels.attention: that op takes its causal mask as an
+        int offset, which a compiled decode step would bake in (one graph per position); for a cache
+        step it runs torch's SDPA anyway. Inference only: no dropout.
+        """
+        self.k[layer].index_copy_(2, self.slots, k)
+        self.v[layer].index_copy_(2, self.slots, v)
+        return F.scaled_dot_product_attention(q, self.k[layer], self.v[layer], attn_mask=self.mask)
+
+    def advance(self, t: int) -> None:
+        """Count t more tokens seen (in place, so a compiled step's inputs keep their address)."""
+        self.pos += t
+
+    def reset(self) -> None:
+        """Forget every token: the next one is at position 0."""
+        self.pos.zero_()
 
 
 class LayerNorm(nn.Module):
@@ -121,12 +168,11 @@ class CausalSelfAttention(nn.Module):
             qk = rope(qk, *tables, impl=self.kernels.rope)
         q, k = qk.transpose(1, 2).split(self.n_head, dim=1)  # (B, nh, T, hs) each
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        offset = 0
-        if cache is not None:
-            offset = cache.length
-            k, v = cache.update(self.layer, k, v)
-        y = attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0, q_offset=offset,
-                      impl=self.kernels.attention)
+        if cache is None:
+            y = attention(q, k, v, causal=True, dropout_p=self.dropout if self.training else 0.0,
+                          impl=self.kernels.attention)
+        else:
+            y = cache.attend(self.layer, q, k, v)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -169,7 +215,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, config: ModelConfig, dropout: float = 0.0, kernels: Optional[KernelConfig] = None):
+    def __init__(self, config: ModelConfig, dropout: float = 0.0, kernels: Optional[KernelConfig] = None,
+                 activation_checkpointing: bool = False):
         super().__init__()
         if config.vocab_size is None:
             raise ValueError("ModelConfig.vocab_size must be set (it comes from the dataset's tokenizer)")
@@ -177,6 +224,8 @@ class GPT(nn.Module):
         self.config = config
         # one object shared by every module: assigning model.kernels' fields switches them all
         self.kernels = dataclasses.replace(kernels) if kernels is not None else KernelConfig()
+        # training keeps only each block's input and recomputes the block in the backward (a runtime choice)
+        self.activation_checkpointing = activation_checkpointing
         learned = config.pos_emb == "learned"
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
@@ -233,6 +282,10 @@ class GPT(nn.Module):
         return out
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
+        """An empty KV cache for `batch` sequences, block_size slots long (the window the model was trained on).
+
+        `dtype` is the one keys and values are computed in: the weights', or autocast's under autocast.
+        """
         c = self.config
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.n_embd // c.n_head, device, dtype)
 
@@ -242,25 +295,35 @@ class GPT(nn.Module):
         """Logits (B, T, vocab) — or (B, 1, vocab) with `last_only` — and the mean loss if targets are given.
 
         Targets equal to -1 are ignored. With a cache, idx holds only the new tokens,
-        which take the positions after those already cached. With `fused_linear_loss`
-        and targets, the logits are never built and None is returned in their place
-        (unless the logits are soft-capped: the cap needs them).
+        which take the positions after those already seen (`cache.positions`). With `fused_linear_loss`
+        and targets, the logits are never built and None is returned in their place (unless the
+        logits are soft-capped: the cap needs them).
+
+        Past block_size a cache rolls (single tokens only): a learned-position model has no position
+        there and refuses it; a rotary one rotates by the absolute position, and since its attention
+        scores depend only on distances, the rolled window equals recomputing it from position 0.
         """
         b, t = idx.size()
-        start = cache.length if cache is not None else 0
-        if start + t > self.config.block_size:
-            raise ValueError(f"cannot forward {start + t} positions: block_size is {self.config.block_size}")
         c = self.config
-        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
+        if cache is None:
+            if t > c.block_size:
+                raise ValueError(f"cannot forward {t} positions: block_size is {c.block_size}")
+            pos = torch.arange(t, dtype=torch.long, device=idx.device)
+        else:
+            pos = cache.positions(t)
         x = self.transformer.wte(idx)
         if c.pos_emb == "learned":
             x = x + self.transformer.wpe(pos)
         tables = rope_tables(pos, c.n_embd // c.n_head, c.rope_base) if c.pos_emb == "rope" else None
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, tables, cache)
+            if self.activation_checkpointing and self.training and cache is None:
+                # non-reentrant: works under compile, DDP and ZeRO; dropout's RNG state is replayed exactly
+                x = checkpoint(block, x, tables, use_reentrant=False)
+            else:
+                x = block(x, tables, cache)
         if cache is not None:
-            cache.length += t
+            cache.advance(t)
         x = self.transformer.ln_f(x)
         if targets is not None:
             impl = self.kernels.cross_entropy

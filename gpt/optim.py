@@ -30,9 +30,11 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str, 
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     hidden = model.hidden_matrices() if cfg.optimizer == "muon" else {}
     rest = [p for name, p in params.items() if name not in hidden]
+    # a ZeRO-3 parameter built under zero.Init is an empty placeholder; ds_shape is its real shape
+    dims = {id(p): len(getattr(p, "ds_shape", p.shape)) for p in rest}
     groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0, "lr_scale": 1.0},
+        {"params": [p for p in rest if dims[id(p)] >= 2], "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+        {"params": [p for p in rest if dims[id(p)] < 2], "weight_decay": 0.0, "lr_scale": 1.0},
     ]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
@@ -59,7 +61,8 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
     if isinstance(optimizer, Muon):
         return optimizer.describe()
     kind = "fused" if optimizer.defaults.get("fused") else "foreach" if optimizer.defaults.get("foreach") else "loop"
-    n = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    # a ZeRO-3 placeholder holds no elements; ds_numel is its real size
+    n = sum(getattr(p, "ds_numel", p.numel()) for g in optimizer.param_groups for p in g["params"])
     return f"optimizer: AdamW ({kind}) on all {n:,} weights"
 
 

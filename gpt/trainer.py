@@ -26,7 +26,8 @@ from gpt.distributed import shutdown
 from gpt.errors import GPTError
 from gpt.optim import lr_at
 from gpt.stop import StopRequest
-from gpt.strategy.base import StepResult
+from gpt.straggler import straggler_note
+from gpt.strategy.base import Batch, StepResult
 
 
 @dataclasses.dataclass
@@ -47,18 +48,31 @@ class Trainer:
         self.strategy = run.strategy
         self.loader = run.loader
         self.metrics = run.metrics
+        self.heartbeat = run.heartbeat
         self.iter_num = run.iter_num
         self.best_val_loss = run.best_val_loss
 
     def step(self) -> StepResult:
         """One optimizer step at this iteration's learning rate."""
-        result = self.strategy.train_step(self.loader.next_batch, lr_at(self.iter_num, self.cfg.optim))
+        result = self.strategy.train_step(self._next_batch, lr_at(self.iter_num, self.cfg.optim))
+        self.heartbeat.beat(self.iter_num)
         self.iter_num += 1
         return result
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.strategy.logits(x)
+        self.heartbeat.beat()  # a long HellaSwag eval is progress too
+        return logits
+
+    def _next_batch(self) -> Batch:
+        batch = self.loader.next_batch()
+        self.heartbeat.beat()  # every rank beats at the same points: a stuck read shows as the rank behind
+        return batch
+
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks.
+        """Mean loss over the eval_iters fixed batches of each split, shared out across ranks (and HellaSwag
+        accuracies, when the run scores it).
 
         Every rank runs the same number of forwards (ZeRO-3 gathers weights collectively),
         padding with weight-0 batches when eval_iters does not divide evenly.
@@ -71,15 +85,20 @@ class Trainer:
                 for j in range(-(-n // world)):
                     k = rank + world * j
                     loss = self.strategy.loss(*self.loader.eval_batch(split, k % n))
+                    self.heartbeat.beat()
                     if k < n:
                         total += loss.double()
                 out[split] = self.strategy.reduce_mean(total) * world / n
+            if self.built.hellaswag is not None:
+                out.update(self.built.hellaswag.score(self._logits, rank, world, self.strategy.reduce_mean))
         return out
 
     def save(self, best: bool = False) -> Path:
         t = self.cfg.train
+        self.heartbeat.beat()
         path = self.strategy.save(self.built.trainer_state(self.iter_num, self.best_val_loss), Path(t.out_dir),
                                   keep_last=t.keep_last, best=best)
+        self.heartbeat.beat()
         self.built.print(f"saving checkpoint to {path}")
         return path
 
@@ -88,6 +107,7 @@ class Trainer:
             with StopRequest(parse_duration(self.cfg.train.time_limit)) as stop:
                 return self._loop(stop)
         finally:
+            self.heartbeat.stop()
             self.loader.close()  # its prefetch thread must not outlive the run
             if self.metrics:
                 self.metrics.close()
@@ -106,7 +126,9 @@ class Trainer:
                 losses = self.evaluate()
                 last_val = losses["val"]
                 if self.metrics:
-                    self.metrics.eval(it, losses["train"], losses["val"])
+                    self.metrics.eval(it, losses["train"], losses["val"],
+                                      **{k: v for k, v in losses.items() if k not in ("train", "val")})
+                self.heartbeat.beat()  # after rank 0 redrew loss.png, on every rank
                 improved = losses["val"] < self.best_val_loss
                 self.best_val_loss = min(self.best_val_loss, losses["val"])
                 if it > 0 and not t.eval_only and (improved or t.always_save_checkpoint):
@@ -124,10 +146,11 @@ class Trainer:
                 self._skipped(it, result, bad_steps)
             if it % t.log_interval == 0:
                 mean_loss = self.strategy.reduce_mean(result.loss)  # the global batch's loss, not just this rank's
+                note = straggler_note(self.strategy.gather(result.local_s)) if self.built.denv.world_size > 1 else None
                 if self.metrics:
                     norm = None if result.grad_norm is None else float(result.grad_norm)
                     self.metrics.train(it, mean_loss, result.lr, dt * 1000.0, self.built.tokens_per_iter / dt,
-                                       grad_norm=norm, data_ms=result.data_s * 1000.0)
+                                       grad_norm=norm, data_ms=result.data_s * 1000.0, note=note)
             if self.strategy.any_rank(stop.reason is not None or stop.out_of_time(dt, save_s)):
                 self.built.print(f"stopping at iter {self.iter_num} ({stop.reason or 'another rank was told to stop'})")
                 break

@@ -30,8 +30,8 @@ if TRITON:  # the op modules, imported before the same-named functions below rep
     from kernels import rmsnorm as _rms
     from kernels import rope as _rope
 
-__all__ = ["IMPLS", "attention", "available", "cross_entropy", "describe", "fused_linear_cross_entropy",
-           "layer_norm", "resolve", "rms_norm", "rope"]
+__all__ = ["IMPLS", "attention", "available", "cross_entropy", "describe", "describe_ops",
+           "fused_linear_cross_entropy", "layer_norm", "resolve", "rms_norm", "rope"]
 
 
 def describe() -> str:
@@ -44,6 +44,27 @@ def describe() -> str:
     if a["cuda"]:
         return "kernels: auto = our Triton kernels on CUDA tensors of shapes they take, torch's ops elsewhere"
     return "kernels: no CUDA GPU, every op runs torch's implementation (impl='triton' would fail)"
+
+
+def _auto_line(op: str, device: torch.device, dtype: torch.dtype, size: int) -> str:
+    if device.type != "cuda":
+        return f"{op}: torch (auto: our kernels run on CUDA GPUs; this is {device.type})"
+    if not TRITON:
+        return f"{op}: torch (auto: triton is not importable)"
+    if INTERPRETER:
+        return f"{op}: torch (auto: TRITON_INTERPRET=1 runs kernels on CPU tensors only)"
+    from kernels.gpu_support import decide_on
+    return decide_on(op, device, dtype, size).line()
+
+
+def describe_ops(device: torch.device, dtype: torch.dtype, asked: dict[str, str], sizes: dict[str, int]) -> list[str]:
+    """One line per op for a run's first lines: the implementation it will run, and why.
+
+    `asked` maps each op to its impl name; `sizes` to what picks its tiles (head dim, row width,
+    vocabulary: see kernels/gpu_support.py). Ops asked for by name run that implementation.
+    """
+    return [_auto_line(op, torch.device(device), dtype, sizes[op]) if impl == "auto" else f"{op}: {impl} (asked)"
+            for op, impl in asked.items()]
 
 
 def _triton_runs_here(tensors: Sequence[torch.Tensor]) -> Optional[str]:
@@ -64,11 +85,14 @@ def _triton_runs_here(tensors: Sequence[torch.Tensor]) -> Optional[str]:
             "Use impl='auto' or 'torch' (config: attention=torch, layernorm=torch, cross_entropy=torch).")
 
 
-def resolve(impl: str, tensors: Sequence[torch.Tensor], kernel_problem: Callable[[], Optional[str]]) -> str:
+def resolve(impl: str, tensors: Sequence[torch.Tensor], kernel_problem: Callable[[], Optional[str]],
+            gpu_op: Optional[tuple[str, int]] = None) -> str:
     """The implementation one call runs: 'triton', 'torch' or 'math'.
 
     `kernel_problem()` says why the kernel cannot take these inputs (None when it can):
-    'auto' then runs torch's op, 'triton' raises it as the error.
+    'auto' then runs torch's op, 'triton' raises it as the error. `gpu_op` is (op, size) for
+    kernels/gpu_support.py: on a GPU 'auto' takes our kernel only where that op at that size
+    is compile-checked for this GPU and its tiles fit the GPU's shared memory.
     """
     if impl not in IMPLS:
         raise GPTError(f"impl={impl!r} is not one of {', '.join(IMPLS)}.")
@@ -76,6 +100,9 @@ def resolve(impl: str, tensors: Sequence[torch.Tensor], kernel_problem: Callable
         return impl
     if impl == "auto":
         auto_triton = TRITON and not INTERPRETER and all(t.is_cuda for t in tensors) and kernel_problem() is None
+        if auto_triton and gpu_op is not None:
+            from kernels.gpu_support import decide_for  # cached per (GPU, dtype, size): cheap per call
+            auto_triton = decide_for(gpu_op[0], tensors[0], gpu_op[1]).use_triton
         return "triton" if auto_triton else "torch"
     problem = _triton_runs_here(tensors) or kernel_problem()
     if problem:
@@ -93,7 +120,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     """
     if q_offset != 0 or q.shape != k.shape:
         impl = "math" if impl == "math" else "torch"
-    chosen = resolve(impl, (q, k, v), lambda: _fa.input_problem(q, k, v, dropout_p))
+    chosen = resolve(impl, (q, k, v), lambda: _fa.input_problem(q, k, v, dropout_p), ("attention", q.size(-1)))
     if chosen == "triton":
         return _fa.flash_attention_triton(q, k, v, causal, dropout_p, scale)
     if chosen == "math":
@@ -105,7 +132,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
                impl: str = "auto") -> torch.Tensor:
     """LayerNorm over x's last dim (bias may be None); see kernels/layernorm.py."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    chosen = resolve(impl, tensors, lambda: _ln.input_problem(x, weight, bias))
+    chosen = resolve(impl, tensors, lambda: _ln.input_problem(x, weight, bias), ("layernorm", x.size(-1)))
     if chosen == "triton":
         return _ln.layer_norm_triton(x, weight, bias, eps)
     if chosen == "math":
@@ -140,7 +167,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "aut
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,
                   impl: str = "auto") -> torch.Tensor:
     """Mean cross-entropy of logits (..., V) against targets (...), skipping ignore_index; fp32 scalar."""
-    chosen = resolve(impl, (logits, targets), lambda: _ce.input_problem(logits, targets))
+    chosen = resolve(impl, (logits, targets), lambda: _ce.input_problem(logits, targets),
+                     ("cross_entropy", logits.size(-1)))
     if chosen == "triton":
         return _ce.cross_entropy_triton(logits, targets, ignore_index)
     if chosen == "math":
@@ -152,7 +180,8 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
                                ignore_index: int = -1, chunk: int = 1024, impl: str = "auto") -> torch.Tensor:
     """cross_entropy(hidden @ weight.T, targets) without the full logits, `chunk` tokens at a time (Triton)."""
     chosen = resolve(impl, (hidden, weight, targets),
-                     lambda: _ce.linear_input_problem(hidden, weight, targets, chunk))
+                     lambda: _ce.linear_input_problem(hidden, weight, targets, chunk),
+                     ("linear_cross_entropy", weight.size(0)))
     if chosen == "triton":
         return _ce.linear_cross_entropy_triton(hidden, weight, targets, ignore_index, chunk)
     if chosen == "math":

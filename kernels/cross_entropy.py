@@ -35,6 +35,7 @@ Memory at vocab 50304, N = 8 x 1024 = 8192 tokens, C = 768, bf16 autocast
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -82,17 +83,47 @@ def _ce_kernel(LOGITS, TARGETS, LOSS, GRAD, N_VALID, M, V, stride_l, stride_g, i
 
 # ---------------------------------------------------------------- launcher
 
-def _tiles(v: int) -> tuple[int, int, int]:
-    """(BLOCK_M rows, BLOCK_V vocab columns, warps) a program."""
-    if INTERPRETER:  # few, large programs: each costs ~13 ms
-        return 16, min(triton.next_power_of_2(v), 1024), 4
-    return 1, min(triton.next_power_of_2(v), 8192), 16
+@dataclass(frozen=True)
+class CrossEntropyTiles:
+    """One launch configuration: rows a program owns, vocabulary columns per step of its sweeps, warps."""
+    block_m: int
+    block_v: int
+    warps: int
+
+    @property
+    def shared_kib(self) -> int:
+        """An upper bound on the shared memory a block needs (the row reductions' scratch: under 0.2 KiB in
+        `make gpu-compile`), checked by kernels/gpu_compile.py on every compile-checked GPU."""
+        return 1
+
+    def label(self) -> str:
+        return f"{self.block_m}x{self.block_v} w{self.warps}"
+
+
+# On a GPU one program sweeps one row. Two tiles cover every vocabulary: small ones (a character-level
+# 65) in one step of 1024 lanes, large ones (GPT-2's 50304) in steps of 8192 over 16 warps, 16 logits a
+# thread. Every vocabulary maps to one of the two, so the compile check covers them all.
+GPU_TILES = (CrossEntropyTiles(1, 1024, warps=4), CrossEntropyTiles(1, 8192, warps=16))
+
+
+def gpu_tiles(v: int) -> CrossEntropyTiles:
+    """The GPU tiles for a vocabulary of `v` (any v >= 1)."""
+    return GPU_TILES[0] if v <= GPU_TILES[0].block_v else GPU_TILES[1]
+
+
+def _launch_tiles(logits: torch.Tensor, block_m: int | None, block_v: int | None) -> CrossEntropyTiles:
+    v = logits.size(1)
+    if INTERPRETER or not logits.is_cuda:  # few, large programs: each costs ~13 ms under the interpreter
+        tiles = CrossEntropyTiles(16, min(triton.next_power_of_2(v), 1024), warps=4)
+    else:
+        tiles = gpu_tiles(v)
+    return replace(tiles, block_m=block_m or tiles.block_m, block_v=block_v or tiles.block_v)
 
 
 def cross_entropy_forward(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                           n_valid: torch.Tensor | None = None, grad: torch.Tensor | None = None,
-                          block_m: int | None = None, block_v: int | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+                          block_m: int | None = None, block_v: int | None = None,
+                          tiles: CrossEntropyTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch on (M, V) logits: per-row losses already divided by n (fp32, (M,)) and the gradient.
 
     `n_valid` (a 0-d tensor) defaults to the count of non-ignored targets here; the fused linear
@@ -101,17 +132,17 @@ def cross_entropy_forward(logits: torch.Tensor, targets: torch.Tensor, ignore_in
     M, V = logits.shape
     if n_valid is None:
         n_valid = (targets != ignore_index).sum()
-    bm, bv, warps = _tiles(V)
-    bm, bv = block_m or bm, block_v or bv
+    tiles = tiles or _launch_tiles(logits, block_m, block_v)
     loss = torch.empty(M, device=logits.device, dtype=torch.float32)
     grad = torch.empty_like(logits) if grad is None else grad
-    _ce_kernel[(triton.cdiv(M, bm),)](logits, targets, loss, grad, n_valid, M, V, logits.stride(0), grad.stride(0),
-                                      ignore_index, BLOCK_M=bm, BLOCK_V=bv, num_warps=warps)
+    _ce_kernel[(triton.cdiv(M, tiles.block_m),)](logits, targets, loss, grad, n_valid, M, V, logits.stride(0),
+                                                 grad.stride(0), ignore_index, BLOCK_M=tiles.block_m,
+                                                 BLOCK_V=tiles.block_v, num_warps=tiles.warps)
     return loss, grad
 
 
 def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 ignore_index: int, chunk: int
+                                 ignore_index: int, chunk: int, tiles: CrossEntropyTiles | None = None
                                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss, dhidden (N, C) and dweight (V, C) of mean CE(hidden W^T, targets), one token chunk at a time."""
     n_valid = (targets != ignore_index).sum()
@@ -121,7 +152,8 @@ def linear_cross_entropy_forward(hidden: torch.Tensor, weight: torch.Tensor, tar
     for start in range(0, hidden.size(0), chunk):
         h = hidden[start:start + chunk]
         logits = h @ weight.t()
-        loss, g = cross_entropy_forward(logits, targets[start:start + chunk], ignore_index, n_valid, grad=logits)
+        loss, g = cross_entropy_forward(logits, targets[start:start + chunk], ignore_index, n_valid, grad=logits,
+                                        tiles=tiles)
         losses[start:start + chunk] = loss
         torch.mm(g, weight, out=dhidden[start:start + chunk])
         dweight += g.t() @ h  # the chunk's product in the input dtype (fp32 accumulation inside the matmul)

@@ -36,13 +36,14 @@ through masked loads), fp32 / fp16 / bf16 inputs with fp32 accumulation.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
-from kernels.runtime import INTERPRETER, LOG2E
+from kernels.runtime import INTERPRETER, LOG2E, max_shared_memory
 
 _LOG2E = tl.constexpr(LOG2E)  # a jitted kernel reads module globals only as constexprs
 
@@ -284,17 +285,90 @@ def _mask_kernel(KEEP, T, dropout_p, seed, BLOCK: tl.constexpr):
 
 # ---------------------------------------------------------------- launchers
 
-def _blocks(head_dim: int) -> dict[str, int]:
-    """Tile sizes: few large programs under the interpreter (each costs ~13 ms), GPU-shaped tiles otherwise."""
-    if INTERPRETER:
-        return dict(block_m=64, block_n=32, block_big=64, block_small=32, warps=4, stages=1)
-    if head_dim <= 64:
-        return dict(block_m=128, block_n=64, block_big=128, block_small=32, warps=4, stages=3)
-    return dict(block_m=128, block_n=64, block_big=64, block_small=32, warps=8, stages=2)
+@dataclass(frozen=True)
+class AttentionTiles:
+    """One launch configuration: the forward's and the backward's tiles, warps and pipeline stages.
+
+    `shared_kib` is the most shared memory per block this configuration needed on any compile-checked
+    GPU (kernels/gpu_compile.py fails when a compile needs more), so a device with at least that much
+    can run it: the launchers pick tiles by it without compiling anything.
+    """
+    block_m: int       # forward: query rows a program owns
+    block_n: int       # forward: keys per step of its sweep
+    block_big: int     # backward: keys (then queries) a program owns
+    block_small: int   # backward: queries (then keys) per step
+    warps: int         # forward
+    stages: int        # forward
+    bwd_warps: int = 0   # 0: as the forward
+    bwd_stages: int = 0  # 0: as the forward
+    shared_kib: int = 0
+
+    @property
+    def backward_warps(self) -> int:
+        return self.bwd_warps or self.warps
+
+    @property
+    def backward_stages(self) -> int:
+        return self.bwd_stages or self.stages
+
+    def label(self) -> str:
+        return (f"fwd {self.block_m}x{self.block_n} w{self.warps} s{self.stages}, "
+                f"bwd {self.block_big}x{self.block_small} w{self.backward_warps} s{self.backward_stages}")
+
+
+# Few large programs under the interpreter: each costs ~13 ms whatever it does.
+INTERPRETER_TILES = AttentionTiles(block_m=64, block_n=32, block_big=64, block_small=32, warps=4, stages=1)
+
+# GPU tiles by (BLOCK_D, bytes per element), largest first: a launch takes the first whose shared_kib
+# fits the device's shared memory per block. Chosen with `python -m kernels.gpu_compile`, whose table
+# (docs/benchmarks.md) gives each one's shared memory, registers and spills on sm_80, sm_89 and sm_90.
+# 8 warps everywhere: with 4, the 128x64 forward spilled 240 bytes a thread on sm_80 with dropout (255
+# registers) and the 128x32 backward 300-1600 bytes; with 8, the forward does not spill and the backward
+# at most 16 bytes (sm_80, dropout).
+# No fp32 tiles: fp32 dots are exact (ieee, as torch's matmuls), i.e. FMA loops without tensor cores.
+# 128x64 tiles spilled 40-100 KB a thread and needed 112-160 KiB (over sm_89's 99); 64x32 fit (72-84 KiB,
+# no spills, sm_80, head dim 128) but took 40-110 s to compile per variant, which would put 56 such
+# compiles per GPU in the check, and the kernel would run far below torch's SDPA. fp32 attention on a GPU
+# is SDPA's (auto) or an error that says so (impl='triton').
+_HALF_UP_TO_64 = AttentionTiles(128, 64, 128, 32, warps=8, stages=3, shared_kib=64)
+_HALF_128 = AttentionTiles(128, 64, 64, 32, warps=8, stages=2, shared_kib=96)
+GPU_TILES: dict[tuple[int, int], tuple[AttentionTiles, ...]] = {
+    (16, 2): (_HALF_UP_TO_64,), (32, 2): (_HALF_UP_TO_64,), (64, 2): (_HALF_UP_TO_64,), (128, 2): (_HALF_128,),
+}
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def block_d(head_dim: int) -> int:
+    """The head dim padded to a power of two, at least 16 (tl.dot's minimum K)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def gpu_tiles(head_dim: int, dtype: torch.dtype, max_shared: int) -> AttentionTiles | None:
+    """The largest GPU tiles for this head dim and dtype that fit `max_shared` bytes a block, or None."""
+    candidates = GPU_TILES.get((block_d(head_dim), dtype.itemsize), ())
+    return next((t for t in candidates if t.shared_kib * 1024 <= max_shared), None)
+
+
+def _launch_tiles(q: torch.Tensor, blocks: AttentionTiles | dict[str, int] | None) -> AttentionTiles:
+    if isinstance(blocks, AttentionTiles):
+        return blocks
+    if blocks is not None:  # tests pass the six launch numbers as a dict
+        return AttentionTiles(**blocks)
+    if INTERPRETER or not q.is_cuda:
+        return INTERPRETER_TILES
+    head_dim = q.size(-1)
+    tiles = gpu_tiles(head_dim, q.dtype, max_shared_memory(q.device))
+    if tiles is None:
+        raise GPTError(input_problem(q, q, q, 0.0) or
+                       f"flash_attention: no tiles for head dim {head_dim} in {q.dtype} fit this GPU's "
+                       f"{max_shared_memory(q.device) // 1024} KiB of shared memory per block. "
+                       "Use impl='auto' or 'torch' (config: attention=torch).")
+    return tiles
 
 
 def _precision(dtype: torch.dtype) -> str:
-    # fp32 inputs get true fp32 dots (not tf32), matching torch's default matmul precision
+    # fp32 inputs (the interpreter: the GPU tables have no fp32 tiles) get true fp32 dots, not tf32, matching
+    # torch's default matmul precision
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
@@ -303,43 +377,43 @@ def _lastdim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: int, causal: bool,
-                      dropout_p: float, scale: float, blocks: dict[str, int] | None = None
+                      dropout_p: float, scale: float, blocks: AttentionTiles | dict[str, int] | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward: returns O (B, H, T, D) contiguous and the logsumexp L (B, H, T) in fp32."""
     B, H, T, D = q.shape
     q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
-    cfg = blocks or _blocks(D)
+    cfg = _launch_tiles(q, blocks)
     o = torch.empty((B, H, T, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(T, cfg["block_m"]), B * H)
+    grid = (triton.cdiv(T, cfg.block_m), B * H)
     _fwd_kernel[grid](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                       v.stride(0), v.stride(1), v.stride(2), H, T, scale * LOG2E, dropout_p, seed,
-                      HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=cfg["block_m"],
-                      BLOCK_N=cfg["block_n"], CAUSAL=causal, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype),
-                      num_warps=cfg["warps"], num_stages=cfg["stages"])
+                      HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, CAUSAL=causal,
+                      DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype), num_warps=cfg.warps,
+                      num_stages=cfg.stages)
     return o, lse
 
 
 def attention_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                        lse: torch.Tensor, seed: int, causal: bool, dropout_p: float, scale: float,
-                       blocks: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       blocks: AttentionTiles | dict[str, int] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward: Delta = rowsum(dO * O), then dQ, dK, dV (contiguous, in q's dtype)."""
     B, H, T, D = q.shape
     q, k, v = (_lastdim_contiguous(t) for t in (q, k, v))
     do = do.contiguous()
-    cfg = blocks or _blocks(D)
-    block_d = max(16, triton.next_power_of_2(D))
+    cfg = _launch_tiles(q, blocks)
     delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-    _delta_kernel[(triton.cdiv(T, cfg["block_m"]), B * H)](o, do, delta, T, HEAD_DIM=D, BLOCK_D=block_d,
-                                                            BLOCK_M=cfg["block_m"])
+    _delta_kernel[(triton.cdiv(T, cfg.block_m), B * H)](o, do, delta, T, HEAD_DIM=D, BLOCK_D=block_d(D),
+                                                         BLOCK_M=cfg.block_m)
     dq, dk, dv = (torch.empty((B, H, T, D), device=q.device, dtype=q.dtype) for _ in range(3))
-    grid = (triton.cdiv(T, cfg["block_big"]), B * H)
+    grid = (triton.cdiv(T, cfg.block_big), B * H)
     _bwd_kernel[grid](q, k, v, do, lse, delta, dq, dk, dv, q.stride(0), q.stride(1), q.stride(2),
                       k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
                       H, T, scale, scale * LOG2E, dropout_p, seed,
-                      HEAD_DIM=D, BLOCK_D=block_d, BLOCK_BIG=cfg["block_big"], BLOCK_SMALL=cfg["block_small"],
+                      HEAD_DIM=D, BLOCK_D=block_d(D), BLOCK_BIG=cfg.block_big, BLOCK_SMALL=cfg.block_small,
                       CAUSAL=causal, DROPOUT=dropout_p > 0.0, PRECISION=_precision(q.dtype),
-                      num_warps=cfg["warps"], num_stages=cfg["stages"])
+                      num_warps=cfg.backward_warps, num_stages=cfg.backward_stages)
     return dq, dk, dv
 
 
@@ -404,6 +478,10 @@ def input_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         return (f"flash_attention takes q, k, v in one of float32, float16, bfloat16; got {q.dtype}, {k.dtype}, "
                 f"{v.dtype}. Cast them to one dtype first.")
+    if q.is_cuda and q.dtype not in GPU_DTYPES:
+        return (f"flash_attention's GPU kernel takes float16 and bfloat16; got {q.dtype} (exact fp32 dots have no "
+                "tensor cores and compile for minutes). Use impl='auto' or 'torch' (config: attention=torch), or "
+                "train under autocast (dtype=bfloat16).")
     if not 1 <= q.size(-1) <= MAX_HEAD_DIM:
         return (f"flash_attention's kernel takes head dims up to {MAX_HEAD_DIM}; got {q.size(-1)}. "
                 "Use impl='torch' (attention=torch) for wider heads.")

@@ -18,6 +18,7 @@ Any last dimension up to MAX_N works (non-powers of two are masked).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -86,38 +87,91 @@ def _ln_bwd_kernel(X, W, DY, DX, MEAN, RSTD, DW_PART, DB_PART, M, N, stride_x, s
 
 # ---------------------------------------------------------------- launchers
 
-def _tiles(n: int) -> tuple[int, int, int]:
-    """(BLOCK_M rows, BLOCK_N columns, warps): ~4K elements a tile on GPU, bigger tiles under the interpreter."""
+@dataclass(frozen=True)
+class LayerNormTiles:
+    """One launch configuration: rows and columns a program's tile covers, and its warps."""
+    block_m: int
+    block_n: int
+    warps: int
+
+    @property
+    def shared_kib(self) -> int:
+        """An upper bound on the shared memory a block needs (the reductions' scratch: `make gpu-compile`
+        measured 2-4 KiB up to 4096 columns, then a byte a column, 32 KiB at 65536), checked by
+        kernels/gpu_compile.py on every compile-checked GPU."""
+        return max(4, self.block_n // 1024)
+
+    def label(self) -> str:
+        return f"{self.block_m}x{self.block_n} w{self.warps}"
+
+
+# On a GPU a tile holds ~4K elements (one row when rows are wider) over enough warps that each thread
+# keeps 8-32 of them (64 at 65536 columns: 32 warps is a block's most). Rows are padded to at least 512
+# columns, which keeps the compiled variants few (eight cover every width up to MAX_N), at the cost of idle
+# lanes for narrower rows.
+GPU_MIN_BLOCK_N = 512
+# `auto` stops here: the backward keeps x, dy, xhat, g and the dw/db partial sums of a row in registers,
+# and ptxas spills above it. `make gpu-compile` at 12288 columns (the 16384 tile, 16 warps): 272-368
+# bytes a thread in fp16/bf16 and 1276-2084 in fp32 on sm_80/89/90; at 6144 (the 8192 tile) none.
+# Wider rows still run here with impl='triton'.
+GPU_AUTO_MAX_N = 8192
+
+
+def gpu_tiles(n: int) -> LayerNormTiles | None:
+    """The GPU tiles for rows of `n` columns, or None when the kernel does not take rows that wide."""
+    if not 1 <= n <= MAX_N:
+        return None
+    block_n = max(GPU_MIN_BLOCK_N, triton.next_power_of_2(n))
+    block_m = max(1, 4096 // block_n)
+    return LayerNormTiles(block_m, block_n, warps=min(32, max(4, block_m * block_n // 1024)))
+
+
+def gpu_tile_table() -> tuple[LayerNormTiles, ...]:
+    """Every tile gpu_tiles can return: what kernels/gpu_compile.py compiles."""
+    widths = [GPU_MIN_BLOCK_N << i for i in range((MAX_N // GPU_MIN_BLOCK_N).bit_length())]
+    return tuple(gpu_tiles(n) for n in widths)
+
+
+def _interpreter_tiles(n: int) -> LayerNormTiles:
+    # few, large programs: each costs ~13 ms under the interpreter whatever it does
     block_n = triton.next_power_of_2(n)
-    budget = 16384 if INTERPRETER else 4096
-    block_m = max(1, min(64, budget // block_n))
-    warps = 4 if block_n * block_m <= 4096 else 8
-    return block_m, block_n, warps
+    block_m = max(1, min(64, 16384 // block_n))
+    return LayerNormTiles(block_m, block_n, warps=4)
+
+
+def _launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles | None) -> LayerNormTiles:
+    n = x2d.size(1)
+    if tiles is None:
+        tiles = _interpreter_tiles(n) if INTERPRETER or not x2d.is_cuda else gpu_tiles(n)
+    if tiles is None:
+        raise GPTError(f"layer_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
+    return replace(tiles, block_m=block_m) if block_m else tiles
 
 
 def layer_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
-                       block_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       block_m: int | None = None, tiles: LayerNormTiles | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on (M, N) rows: returns y (M, N) in x's dtype, and fp32 mean and rstd (M,)."""
     M, N = x2d.shape
-    bm, bn, warps = _tiles(N)
-    bm = block_m or bm
+    tiles = _launch_tiles(x2d, block_m, tiles)
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     mean = torch.empty(M, device=x2d.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2d.device, dtype=torch.float32)
-    _ln_fwd_kernel[(triton.cdiv(M, bm),)](x2d, weight, weight if bias is None else bias, y, mean, rstd, M, N,
-                                          x2d.stride(0), y.stride(0), eps, HAS_BIAS=bias is not None,
-                                          BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+    _ln_fwd_kernel[(triton.cdiv(M, tiles.block_m),)](x2d, weight, weight if bias is None else bias, y, mean, rstd,
+                                                     M, N, x2d.stride(0), y.stride(0), eps, HAS_BIAS=bias is not None,
+                                                     BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n,
+                                                     num_warps=tiles.warps)
     return y, mean, rstd
 
 
 def layer_norm_backward(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                        rstd: torch.Tensor, programs: int | None = None, block_m: int | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                        rstd: torch.Tensor, programs: int | None = None, block_m: int | None = None,
+                        tiles: LayerNormTiles | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward: dx (M, N) in x's dtype, dw and db (N,) in weight's dtype."""
     M, N = x2d.shape
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-    bm, bn, warps = _tiles(N)
-    bm = block_m or bm
+    tiles = _launch_tiles(x2d, block_m, tiles)
+    bm = tiles.block_m
     if programs is None:  # enough programs to fill the GPU; one per tile of rows under the interpreter at most
         sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 1
         programs = max(1, min(triton.cdiv(M, bm), 4 * sms))
@@ -127,7 +181,8 @@ def layer_norm_backward(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tenso
     dw_part = torch.empty((programs, N), device=x2d.device, dtype=torch.float32)
     db_part = torch.empty((programs, N), device=x2d.device, dtype=torch.float32)
     _ln_bwd_kernel[(programs,)](x2d, weight, dy, dx, mean, rstd, dw_part, db_part, M, N, x2d.stride(0), dy.stride(0),
-                                dx.stride(0), rows_per_prog, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps)
+                                dx.stride(0), rows_per_prog, BLOCK_M=bm, BLOCK_N=tiles.block_n,
+                                num_warps=tiles.warps)
     return dx, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
 
 

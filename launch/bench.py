@@ -14,7 +14,10 @@ from gpt.errors import GPTError
 MODES = {
     "kernels": "benchmarks.kernels",  # our Triton ops against torch, forward + backward
     "loader": "benchmarks.loader",    # loader throughput and resident memory on synthetic shards
+    "strategies": "benchmarks.strategies",  # memory per rank of each strategy, by formula, for GPT-2 sizes
     "train": "benchmarks.train",      # end-to-end training step: AdamW impls, bf16, compile, attention side by side
+    "sample": "benchmarks.sample",    # generation: cache-free (nanoGPT) vs KV cache, window shift, batching, compile
+    "memory": "benchmarks.memory",    # one step's peak memory at a model's shape, with and without activation checkpointing
     "time-to-loss": "benchmarks.time_to_loss",  # wall time and tokens to a val loss: classic vs fast recipe, ablations
 }
 

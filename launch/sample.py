@@ -3,10 +3,14 @@
     python launch/sample.py --out_dir=out-shakespeare-char --start="ROMEO:" --num_samples=5 \
         --max_new_tokens=500 --temperature=0.8 --top_k=200
 
-`--start=FILE:prompt.txt` reads the prompt from a file. Samples are printed under
-numbered separators (token by token with `--stream`) and written to --output_dir, one
-file per sample, with index.json saying how they were made: checkpoint and its
-iteration, prompt, settings and seed, so a sample can be told apart and reproduced.
+`--start=FILE:prompt.txt` reads the prompt from a file. All samples are generated as one
+batch, sample i drawing from its own generator seeded with seed + i - 1: it is the same
+sample whatever --num_samples is (up to floating-point rounding, which differs between batch
+sizes). They are printed under numbered separators and written to --output_dir, one file
+per sample, with index.json saying how they were made: checkpoint and its iteration,
+prompt, settings and seeds, so a sample can be told apart and reproduced. With `--stream`
+the first sample is printed token by token as the batch is generated, the others when it
+ends: the same text as without it.
 """
 from __future__ import annotations
 
@@ -14,8 +18,7 @@ import dataclasses
 import datetime
 import json
 from pathlib import Path
-from typing import Any, Callable, Optional
-
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -44,8 +47,16 @@ class SampleConfig:
     device: str = opt("auto", "auto | cpu | cuda | cuda:N | mps")
     dtype: str = opt("auto", "auto (bf16 on GPUs that have it, fp16 on older ones, fp32 on CPU) | float32 | bfloat16 | float16")
     output_dir: str = opt("shakespeare_output", "where sample_NNN.txt and index.json are written")
-    use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token, as nanoGPT)")
-    stream: bool = opt(False, "print tokens as they are generated; the same text as without it")
+    use_kv_cache: bool = opt(True, "decode with a KV cache (False = recompute the context for every token: slower, "
+                                   "the same text except where a RoPE model's cache would roll; with "
+                                   "--window_shift=1 exactly nanoGPT)")
+    window_shift: Optional[int] = opt(None, "once a sample fills the block, the context moves this many tokens at a "
+                                            "time, each move one prefill; 1 = nanoGPT's window (the whole block "
+                                            "re-read per token); None = half a block, or for RoPE models a rolling "
+                                            "cache (sliding-window attention, no re-read)")
+    compile: bool = opt(False, "torch.compile the one-token decode step (CUDA graphs on a GPU); compiling takes "
+                               "~20-60 s on a CPU, so it pays off for long runs")
+    stream: bool = opt(False, "print the first sample token by token as it is generated; the same text as without it")
 
 
 def validate(cfg: SampleConfig) -> SampleConfig:
@@ -59,6 +70,8 @@ def validate(cfg: SampleConfig) -> SampleConfig:
         raise GPTError(f"--top_k={cfg.top_k} must be at least 1 (or None for no top-k).")
     if cfg.top_p is not None and not 0.0 < cfg.top_p <= 1.0:
         raise GPTError(f"--top_p={cfg.top_p} must be in (0, 1].")
+    if cfg.window_shift is not None and cfg.window_shift < 1:
+        raise GPTError(f"--window_shift={cfg.window_shift} must be at least 1 (1 = nanoGPT's window; None = half a block).")
     check_device_name("device", cfg.device)
     choice("dtype", cfg.dtype, DTYPES)
     return cfg
@@ -83,48 +96,62 @@ def main(argv: list[str]) -> None:
     prompt = read_prompt(cfg.start)
     if not prompt:
         raise GPTError("the prompt is empty: give at least one character with --start (the default is a newline).")
-    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
     model = model_from_checkpoint(ckpt, dropout=0.0).to(device).eval()
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    block = model.config.block_size
+    if cfg.window_shift is not None and cfg.window_shift > block:
+        raise GPTError(f"--window_shift={cfg.window_shift} is more than this model's block_size of {block}: "
+                       f"give 1 .. {block}, or leave it out (half a block).")
+    ids = torch.tensor([tokenizer.encode(prompt)] * cfg.num_samples, dtype=torch.long, device=device)
+    seeds = [cfg.seed + i for i in range(cfg.num_samples)]
+    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    kwargs = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generators,
+                  use_cache=cfg.use_kv_cache, window_shift=cfg.window_shift, compile=cfg.compile)
+    with autocast(device, dtype):
+        if cfg.stream:
+            texts = stream_samples(model, ids, cfg.max_new_tokens, tokenizer.decode, kwargs)
+        else:
+            texts = [tokenizer.decode(row) for row in generate(model, ids, cfg.max_new_tokens, **kwargs).tolist()]
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    kwargs = dict(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=generator,
-                  use_cache=cfg.use_kv_cache)
     files = []
-    for i in range(1, cfg.num_samples + 1):
-        print(f"---------- sample {i}/{cfg.num_samples} ----------", flush=True)
-        with autocast(device, dtype):
-            if cfg.stream:
-                text = stream_sample(model, ids, cfg.max_new_tokens, tokenizer.decode, kwargs)
-            else:
-                text = tokenizer.decode(generate(model, ids, cfg.max_new_tokens, **kwargs)[0].tolist())
-                print(text)
+    for i, text in enumerate(texts, start=1):
+        if i > 1 or not cfg.stream:  # a streamed first sample is already on the screen
+            print(f"---------- sample {i}/{cfg.num_samples} ----------", flush=True)
+            print(text)
         files.append(f"sample_{i:03d}.txt")
         (out / files[-1]).write_text(text, encoding="utf-8")
-    write_index(out, cfg, prompt, ckpt["iter_num"], files)
+    write_index(out, cfg, prompt, ckpt["iter_num"], files, seeds)
     print(f"---------- {cfg.num_samples} sample(s) written to {out}/ with index.json "
           f"(from {cfg.out_dir}, iter {ckpt['iter_num']})")
 
 
-def stream_sample(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
-                  decode: Callable[[list[int]], str], kwargs: dict[str, Any]) -> str:
-    """Print the prompt, then each piece of text as soon as its tokens exist; return the whole sample's text."""
-    prompt_ids = ids[0].tolist()
-    new_ids = (int(t) for t in generate_stream(model, ids, max_new_tokens, **kwargs))
-    pieces = [decode(prompt_ids)]
-    print(pieces[0], end="", flush=True)
-    for piece in decode_stream(new_ids, decode):
-        pieces.append(piece)
+def stream_samples(model: torch.nn.Module, ids: torch.Tensor, max_new_tokens: int,
+                   decode: Callable[[list[int]], str], kwargs: dict[str, Any]) -> list[str]:
+    """Generate every row of ids as one batch, printing the first row's text (under its separator) as soon
+    as its tokens exist; return each row's text, decoded whole as without streaming. The caller prints
+    the other rows when the batch ends."""
+    print(f"---------- sample 1/{ids.size(0)} ----------", flush=True)
+    print(decode(ids[0].tolist()), end="", flush=True)
+    new: list[torch.Tensor] = []
+
+    def first_row() -> Iterator[int]:
+        for token in generate_stream(model, ids, max_new_tokens, **kwargs):
+            new.append(token)
+            yield int(token[0, 0])
+
+    for piece in decode_stream(first_row(), decode):
         print(piece, end="", flush=True)
     print()
-    return "".join(pieces)
+    return [decode(row) for row in torch.cat([ids] + new, dim=1).tolist()]
 
 
-def write_index(out: Path, cfg: SampleConfig, prompt: str, ckpt_iter: int, files: list[str]) -> Path:
-    """out/index.json: which checkpoint, prompt, settings and seed made the sample files listed in it."""
+def write_index(out: Path, cfg: SampleConfig, prompt: str, ckpt_iter: int, files: list[str],
+                seeds: list[int]) -> Path:
+    """out/index.json: which checkpoint, prompt, settings and seeds made the sample files listed in it
+    (`seeds[i]` drew `samples[i]`: --seed=seeds[i] --num_samples=1 draws it again)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out_dir", "start", "output_dir", "seed")}
     index = {"checkpoint": str(Path(cfg.out_dir).resolve()), "checkpoint_iter": ckpt_iter, "prompt": prompt,
-             "start": cfg.start, "seed": cfg.seed, "settings": settings, "samples": files,
+             "start": cfg.start, "seed": cfg.seed, "seeds": seeds, "settings": settings, "samples": files,
              "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     path = out / "index.json"
     write_text_atomic(path, json.dumps(index, indent=1, ensure_ascii=False) + "\n")

@@ -43,6 +43,52 @@ def shakespeare_data(tmp_path_factory) -> Path:
     return root
 
 
+# what the made-up GPT-2 BPE of the Hugging Face fixtures learns its merges from
+BPE_TEXTS = [TINY_TEXT, "The quick brown fox jumps over the lazy dog. It's 2024, isn't it? They'll see 123 dogs.\n"]
+
+
+@pytest.fixture(scope="session")
+def gpt2_snapshot(tmp_path_factory) -> tuple[Path, Path, object]:
+    """(cache, snapshot, tiktoken encoding): a Hugging Face cache holding a made-up openai-community/gpt2,
+    a tiny random model with a small BPE's vocab.json and merges.txt (tests/hf_fixtures.py)."""
+    from tests.hf_fixtures import hf_cache
+
+    return hf_cache(tmp_path_factory.mktemp("hf-cache"), BPE_TEXTS)
+
+
+def go_offline(mp: pytest.MonkeyPatch, cache: Path, scratch: Path) -> None:
+    """An offline user's machine: tiktoken cannot fetch GPT-2's files (as it fails without network), and the
+    Hugging Face cache is `cache`."""
+    import tiktoken.load
+
+    def no_network(url):
+        raise ConnectionError(f"cannot reach {url}")
+    mp.setattr(tiktoken.load, "read_file", no_network)
+    mp.setenv("TIKTOKEN_CACHE_DIR", str(scratch / "empty-tiktoken-cache"))
+    mp.setenv("HF_HUB_CACHE", str(cache))
+
+
+@pytest.fixture
+def offline_gpt2(gpt2_snapshot, monkeypatch, tmp_path):
+    """GPT-2's tokenizer available only from the made-up snapshot in the Hugging Face cache."""
+    go_offline(monkeypatch, gpt2_snapshot[0], tmp_path)
+    return gpt2_snapshot
+
+
+@pytest.fixture(scope="session")
+def gpt2_data(gpt2_snapshot, tmp_path_factory) -> Path:
+    """A data_dir holding 'tinygpt2': the tiny text in the made-up GPT-2 tokens, prepared offline from the snapshot."""
+    from data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("gpt2-data")
+    (root / "tiny.txt").write_text(TINY_TEXT, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as mp:
+        go_offline(mp, gpt2_snapshot[0], root)
+        prepare(PrepareConfig(dataset="tinygpt2", input=str(root / "tiny.txt"), data_dir=str(root), tokenizer="gpt2",
+                              workers=1))
+    return root
+
+
 def tiny_argv(data_dir: Path, out_dir: Path, **overrides) -> list[str]:
     """Flags for a model small enough to train in a second on CPU."""
     values = dict(dataset="tiny", data_dir=data_dir, out_dir=out_dir, n_layer=2, n_head=2, n_embd=32, block_size=16,

@@ -1,4 +1,4 @@
-"""Strategies: how the model and optimizer are spread over processes (single, DDP, DeepSpeed)."""
+"""Strategies: how the model and optimizer are spread over processes (single, DDP, FSDP, DeepSpeed)."""
 from __future__ import annotations
 
 import torch
@@ -10,7 +10,8 @@ from gpt.strategy.base import Strategy
 
 
 def choose_strategy(cfg: Config, denv: DistEnv) -> str:
-    """`auto`: deepspeed under its launcher or with --zero_stage, ddp when WORLD_SIZE > 1, single otherwise."""
+    """`auto`: deepspeed under its launcher or with --zero_stage, ddp when WORLD_SIZE > 1, single otherwise.
+    FSDP is never chosen for you: it is asked for by name (--strategy=fsdp, or `strategy: fsdp` in the config)."""
     name = cfg.dist.strategy
     if name == "auto":
         if denv.launcher == "deepspeed" or cfg.dist.zero_stage is not None:
@@ -30,7 +31,10 @@ def build_strategy(cfg: Config, denv: DistEnv, device: torch.device, dtype: torc
     if name == "deepspeed":
         from gpt.strategy.deepspeed import DeepSpeedStrategy
         return DeepSpeedStrategy(*args, ds_config=cfg.dist.ds_config, zero_stage=cfg.dist.zero_stage,
-                                 micro_batch=cfg.data.batch_size, debug=debug)
+                                 micro_batch=cfg.data.batch_size, dist_timeout_s=cfg.dist.dist_timeout, debug=debug)
+    if name == "fsdp":
+        from gpt.strategy.fsdp import FSDPStrategy
+        return FSDPStrategy(*args, accumulation=cfg.dist.fsdp_accumulation, dist_timeout_s=cfg.dist.dist_timeout)
     if name == "ddp":
         from gpt.strategy.ddp import DDPStrategy
         return DDPStrategy(*args)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import torch
 
+from gpt.checkpoint import load_model_state
 from gpt.distributed import DistEnv, all_gather_objects, all_reduce_sum
 from gpt.errors import GPTError
 from gpt.model import GPT
@@ -33,6 +35,48 @@ class StepResult:
     applied: bool  # False when the step was skipped: non-finite gradients, or an fp16 overflow
     data_s: float  # seconds spent waiting for batches
     lr: float  # the learning rate the optimizer used, read back from it
+    local_s: float = 0.0  # this rank's work before it first waits for the others (data, forwards): stragglers show here
+
+
+class MicroBatches:
+    """This rank's micro-batches of one step, as (last, x, y); `data_s` sums the time spent waiting for them.
+
+    `local_s` is the time from the first batch until `mark_local()`, which a strategy calls just
+    before its first collective of the step (the last micro-batch's backward): the work this rank
+    did on its own, which is where a straggler shows (gpt/straggler.py). On a GPU it is timed with
+    CUDA events, read once the step has finished, so measuring it never stalls the stream.
+    """
+
+    def __init__(self, next_batch: Callable[[], Batch], count: int, device: torch.device):
+        self.next_batch, self.count, self.data_s = next_batch, count, 0.0
+        self._cuda = device.type == "cuda"
+        self._marks: list[Any] = []
+
+    def __iter__(self) -> Iterator[tuple[bool, torch.Tensor, torch.Tensor]]:
+        self._marks = [self._now()]
+        for micro in range(self.count):
+            t0 = time.perf_counter()
+            x, y = self.next_batch()
+            self.data_s += time.perf_counter() - t0
+            yield micro == self.count - 1, x, y
+
+    def mark_local(self) -> None:
+        self._marks.append(self._now())
+
+    def _now(self) -> Any:
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    @property
+    def local_s(self) -> float:
+        """Call after the step's end (its result is on the host): the CUDA events are done by then."""
+        if len(self._marks) < 2:
+            return 0.0
+        start, end = self._marks[0], self._marks[-1]
+        return start.elapsed_time(end) / 1e3 if self._cuda else end - start
 
 
 class Strategy(abc.ABC):
@@ -46,6 +90,16 @@ class Strategy(abc.ABC):
         self.grad_clip = grad_clip
 
     # -- set-up ----------------------------------------------------------------------------------------
+    def build_model(self, make: Callable[[], GPT]) -> GPT:
+        """Construct the model the way this strategy holds it: whole on the device here; sharded strategies
+        (FSDP, ZeRO-3) build it so that no rank ever holds all of it, with the same initial weights."""
+        return make().to(self.device)
+
+    def load_weights(self, model: GPT, weights: dict[str, torch.Tensor], source: str) -> None:
+        """Load whole weights (a pretrained snapshot, the same on every rank) into the model `build_model` made;
+        sharded strategies keep each rank's part."""
+        load_model_state(model, weights, source)
+
     @abc.abstractmethod
     def wrap(self, model: GPT, optimizer: torch.optim.Optimizer, compile: bool) -> None:
         """Take ownership of the model and optimizer (compiling the model if asked)."""
@@ -61,6 +115,12 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The model's mean loss on one batch (under the run's precision), for evaluation."""
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (B, T, vocab) for one batch, under the run's precision: for evaluations that
+        score tokens one by one (HellaSwag). Collective under ZeRO-3, like `loss`."""
+        with self.autocast():
+            return self._module()(self.to_device(x))[0]
 
     @contextlib.contextmanager
     def evaluating(self) -> Iterator[None]:

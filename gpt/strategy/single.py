@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -12,7 +11,7 @@ from gpt.checkpoint import checkpoint_path, load_checkpoint, load_model_state, s
 from gpt.distributed import barrier
 from gpt.model import GPT
 from gpt.optim import set_lr
-from gpt.strategy.base import Batch, StepResult, Strategy
+from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 
 
 class SingleStrategy(Strategy):
@@ -44,17 +43,17 @@ class SingleStrategy(Strategy):
     def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
         set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
-        data_s = 0.0
-        for micro in range(self.local_accum):
-            t0 = time.perf_counter()
-            x, y = next_batch()
-            data_s += time.perf_counter() - t0
-            with self._sync_gradients(last=micro == self.local_accum - 1):
+        batches = MicroBatches(next_batch, self.local_accum, self.device)
+        for last, x, y in batches:
+            with self._sync_gradients(last):
                 loss = self.loss(x, y)
+                if last:  # DDP all-reduces during this backward: here the ranks start waiting for each other
+                    batches.mark_local()
                 self.scaler.scale(loss / self.local_accum).backward()
             total += loss.detach().float()
         norm, applied = self._apply()
-        return StepResult(total / self.local_accum, norm, applied, data_s, self.optimizer.param_groups[0]["lr"])
+        return StepResult(total / self.local_accum, norm, applied, batches.data_s, self.optimizer.param_groups[0]["lr"],
+                          batches.local_s)
 
     def _apply(self) -> tuple[torch.Tensor, bool]:
         """Clip and step, unless the gradients hold a NaN or Inf: then drop them. Returns (norm, applied).

@@ -40,21 +40,21 @@ def test_bench_runs_a_tiny_config_and_prints_the_table_last(tiny_data, tmp_path,
     bench.main(tiny_argv(tiny_data, tmp_path) + ["--variants=baseline,fused,math+foreach,bf16,default",
                                                   "--rounds=2", "--iters=2", "--warmup=1", "--profile=fused"])
     out = capsys.readouterr().out.strip().splitlines()
-    assert out[-7].startswith("| variant | AdamW | dtype |")
+    assert out[-7].startswith("| variant | AdamW | dtype | compile | attention | act. ckpt |")
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in out[-5:]]
     assert [r[0] for r in rows] == ["baseline", "fused", "math+foreach", "bf16", "default"]
-    assert [r[1:5] for r in rows] == [["loop", "float32", "no", "torch"], ["fused", "float32", "no", "torch"],
-                                      ["foreach", "float32", "no", "math"], ["loop", "bfloat16", "no", "torch"],
-                                      ["fused", "float32", "no", "auto"]]  # the config as the trainer runs it
+    assert [r[1:6] for r in rows] == [["loop", "float32", "no", "torch", "no"], ["fused", "float32", "no", "torch", "no"],
+                                      ["foreach", "float32", "no", "math", "no"], ["loop", "bfloat16", "no", "torch", "no"],
+                                      ["fused", "float32", "no", "auto", "no"]]  # the config as the trainer runs it
     assert rows[0][-1] == "1.00x"
-    tokens_per_s = [float(r[6].replace(",", "")) for r in rows]
-    mfu_pct = [float(r[7].rstrip("%")) for r in rows]
+    tokens_per_s = [float(r[7].replace(",", "")) for r in rows]
+    mfu_pct = [float(r[8].rstrip("%")) for r in rows]
     config, _ = bench.parse(tiny_argv(tiny_data, tmp_path))
     config.model.vocab_size = open_dataset(tiny_data, "tiny").vocab_size  # as the run resolved it
     per_token = mfu.flops_per_token(config.model)
     for tps, pct in zip(tokens_per_s, mfu_pct):
         assert pct == pytest.approx(100 * per_token * tps / 5e10, rel=0.02, abs=0.06)
-    assert all(float(r[8]) > 0 for r in rows)  # the most memory one step holds
+    assert all(float(r[9]) > 0 for r in rows)  # the most memory one step holds
     assert "profile of fused, 10 steps" in "\n".join(out)
 
 

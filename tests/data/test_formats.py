@@ -8,6 +8,7 @@ import pytest
 from data.dataset import open_dataset
 from data.loader import BatchLoader
 from data.shards import HEADER_BYTES, LLMC_MAGIC, MAGIC, open_shard, read_header, write_shard
+from gpt.config import load_config
 from gpt.errors import GPTError
 
 
@@ -99,7 +100,7 @@ def test_forced_format_that_does_not_fit_is_explained(tmp_path):
     with pytest.raises(GPTError, match=r"none for the val split"):
         open_dataset(tmp_path, "x", data_format="llmc")
     with pytest.raises(GPTError, match=r"--data_format='parquet' is not one of"):
-        open_dataset(tmp_path, "x", data_format="parquet")
+        load_config(["--data_format=parquet"])
 
 
 @pytest.mark.parametrize("magic, version, words", [

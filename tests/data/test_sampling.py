@@ -11,6 +11,7 @@ from data.dataset import open_dataset
 from data.loader import BatchLoader
 from data.prepare import PrepareConfig, prepare
 from data.sampling import permute
+from gpt.config import load_config
 from gpt.errors import GPTError
 
 BLOCK = 8
@@ -107,9 +108,9 @@ def test_resuming_with_another_sampling_is_refused(counted):
         BatchLoader(open_dataset(counted, "c"), BLOCK, 2, 1, seed=0, sampling="sequential").load_state_dict(state)
 
 
-def test_unknown_sampling_is_refused(counted):
-    with pytest.raises(GPTError, match="sequential"):
-        BatchLoader(open_dataset(counted, "c"), BLOCK, 2, 1, seed=0, sampling="shuffled")
+def test_unknown_sampling_is_refused():
+    with pytest.raises(GPTError, match="--sampling='shuffled' is not one of random, sequential"):
+        load_config(["--sampling=shuffled"])
 
 
 def test_shards_are_mapped_lazily_and_boundedly(counted):

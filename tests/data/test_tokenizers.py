@@ -86,6 +86,7 @@ def test_vocab_size_is_only_for_bpe(tmp_path):
 
 def test_gpt2_offline_without_its_files_says_how_to_provide_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))  # nor a Hugging Face snapshot to fall back on
 
     def no_network(url):
         raise ConnectionError(f"cannot reach {url}")

@@ -10,14 +10,14 @@ from gpt.config import load_config
 from gpt.errors import GPTError
 from gpt.trainer import Trainer
 from tests.conftest import REPO, tiny_argv
-from tests.distributed.launch import VENV_BIN, assert_close, free_port, job_env, losses, single_process_run, torchrun
+from tests.distributed.launch import VENV_BIN, assert_close, free_port, job_env, losses, reference_run, torchrun
 
 COMMON = dict(dropout=0.0, gradient_accumulation_steps=4, max_iters=20, lr_decay_iters=20, eval_interval=10)
 
 
 @pytest.fixture(scope="module")
 def single_run(tiny_data, tmp_path_factory):
-    return single_process_run(tiny_data, tmp_path_factory.mktemp("single"), COMMON)
+    return reference_run(tiny_data, tmp_path_factory, COMMON)
 
 
 def test_two_ddp_ranks_match_one_process_and_stay_identical(tiny_data, single_run, tmp_path):
@@ -59,7 +59,8 @@ def test_indivisible_accumulation_is_a_clear_error(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("flags, words", [
-    (["--strategy=fsdp"], ["--strategy='fsdp'", "ddp", "deepspeed"]),
+    (["--strategy=fsdp2"], ["--strategy='fsdp2'", "ddp", "fsdp", "deepspeed"]),
+    (["--fsdp_accumulation=sharded", "--strategy=ddp"], ["--fsdp_accumulation", "--strategy=fsdp"]),
     (["--zero_stage=4"], ["--zero_stage=4", "0, 1, 2 or 3"]),
     (["--zero_stage=2", "--strategy=ddp"], ["--zero_stage", "--strategy=deepspeed"]),
 ])

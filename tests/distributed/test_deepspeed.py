@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO 0-3 under the deepspeed launcher (2 CPU processes, gloo): same losses, resume, sample."""
+"""DeepSpeed ZeRO 0-3 under the deepspeed launcher (2 CPU processes, gloo): same losses, export, sample (resuming on other world sizes: test_resharding.py)."""
 import pytest
 import torch
 
@@ -8,7 +8,7 @@ from gpt.checkpoint import load_checkpoint, model_from_checkpoint
 from gpt.errors import GPTError
 from gpt.strategy.deepspeed_config import resolve_ds_config
 from tests.conftest import run_script, tiny_argv
-from tests.distributed.launch import assert_close, deepspeed, losses, single_process_run
+from tests.distributed.launch import assert_close, deepspeed, losses, reference_run
 
 pytest.importorskip("deepspeed")
 COMMON = dict(dropout=0.0, gradient_accumulation_steps=2, max_iters=10, lr_decay_iters=10, eval_interval=5)
@@ -16,7 +16,7 @@ COMMON = dict(dropout=0.0, gradient_accumulation_steps=2, max_iters=10, lr_decay
 
 @pytest.fixture(scope="module")
 def single_run(tiny_data, tmp_path_factory):
-    return single_process_run(tiny_data, tmp_path_factory.mktemp("single"), COMMON)
+    return reference_run(tiny_data, tmp_path_factory, COMMON)
 
 
 def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
@@ -30,7 +30,9 @@ def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
 
 @pytest.mark.parametrize("stage", [1, 3])
 def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, single_run, tmp_path, stage):
-    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}"])
+    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the single process's losses
+    extra = ["--activation_checkpointing=True"] if stage == 3 else []
+    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}", *extra])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
     print(f"ZeRO-{stage} vs single, largest loss difference over 10 iterations: {worst:.2e}")
@@ -45,17 +47,6 @@ def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, singl
     assert exported.returncode == 0, exported.stderr[-2000:]
     plain = load_checkpoint(tmp_path / "plain")
     assert plain["iter_num"] == 10 and torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(tmp_path)["model"]["lm_head.weight"])
-
-
-def test_zero2_saves_and_resumes_with_the_same_losses(tiny_data, single_run, tmp_path):
-    first = deepspeed([*tiny_argv(tiny_data, tmp_path, **{**COMMON, "max_iters": 5}), "--zero_stage=2"])
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    second = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON, init_from="resume"), "--zero_stage=2"])
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming from" in second.stdout
-    worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
-    print(f"ZeRO-2 (saved at 5, resumed) vs single, largest loss difference: {worst:.2e}")
-    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_0000010"]  # superseded tags are removed
 
 
 def test_single_process_zero0_without_a_launcher(tiny_data, single_run, tmp_path):

@@ -60,7 +60,9 @@ def test_flat_dict_round_trips():
     (["--learning_rate=-1"], ["learning_rate", "negative"]),
     (["--device=tpu"], ["--device='tpu'", "cuda:N"]),
     (["--dtype=float8"], ["dtype", "bfloat16"]),
-    (["--init_from=gpt2"], ["init_from", "scratch"]),
+    (["--init_from=gpt3"], ["--init_from='gpt3'", "scratch", "gpt2-xl", "folder"]),
+    (["--tokens_per_step=1000", "--batch_size=4", "--block_size=512"], ["less than one micro-batch", "2048"]),
+    (["--hellaswag_limit=-1"], ["hellaswag_limit"]),
     (["--dropout=1.5"], ["dropout"]),
     (["--n_layer"], ["no value", "--n_layer=VALUE"]),
     (["configs/missing.yaml"], ["does not exist"]),
@@ -95,3 +97,26 @@ def test_bad_yaml_values_are_explained(tmp_path, text, words):
 
 def test_integers_in_yaml_are_accepted_as_floats(tmp_path):
     assert load_config([write(tmp_path, "learning_rate: 1\n")]).optim.learning_rate == 1.0
+
+
+def test_every_key_of_every_entry_point_has_a_description_in_help(capsys):
+    from benchmarks.gpu_check import GpuCheckConfig
+    from benchmarks.kernels import KernelBenchConfig
+    from benchmarks.loader import LoaderBenchConfig
+    from benchmarks.train import TrainBenchConfig
+    from data.prepare import PrepareConfig
+    from gpt.flags import field_specs, help_text
+    from launch.export_checkpoint import ExportConfig
+    from launch.sample import SampleConfig
+
+    for cls in (Config, SampleConfig, PrepareConfig, ExportConfig, TrainBenchConfig, KernelBenchConfig,
+                LoaderBenchConfig, GpuCheckConfig):
+        specs = field_specs(cls)
+        assert not [k for k, s in specs.items() if len(s.help) < 10], cls.__name__
+        text = help_text(cls, "usage")
+        assert all(f"--{k} " in text and s.help in text for k, s in specs.items())
+    with pytest.raises(SystemExit) as exit_:
+        load_config(["--help"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--learning_rate" in printed and "peak learning rate" in printed and "default 0.0006" in printed

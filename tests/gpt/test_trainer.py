@@ -130,6 +130,10 @@ def test_a_resumed_muon_run_repeats_the_uninterrupted_losses_exactly(tiny_data, 
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_muon_under_deepspeed_is_one_clear_error(tiny_data, tmp_path):
-    with pytest.raises(GPTError, match=r"--optimizer=muon does not run under DeepSpeed.*--strategy=ddp"):
-        build_run(load_config(tiny_argv(tiny_data, tmp_path, optimizer="muon", strategy="deepspeed")))
+@pytest.mark.parametrize("strategy,why", [("deepspeed", "ZeRO hands a client optimizer flat shards"),
+                                          ("fsdp", "FSDP keeps only row shards")])
+def test_muon_under_a_sharded_strategy_is_one_clear_error_before_anything_starts(tiny_data, tmp_path, strategy, why):
+    with pytest.raises(GPTError, match=rf"--optimizer=muon does not run under --strategy={strategy}: {why}.*"
+                                       rf"--strategy=ddp.*keep {strategy} with --optimizer=adamw"):
+        build_run(load_config(tiny_argv(tiny_data, tmp_path, optimizer="muon", strategy=strategy)))
+    assert not any(tmp_path.iterdir())  # refused before a process group, a model or an output folder

@@ -52,7 +52,7 @@ def attention_grads(fn, q, k, v, do):
 def test_flash_attention_bf16_is_as_accurate_as_sdpa(poison, shape):
     torch.manual_seed(0)
     q, k, v, do = (torch.randn(shape, device=CUDA, dtype=torch.bfloat16) for _ in range(4))
-    ours = attention_grads(lambda *a: kernels.flash_attention(*a, impl="triton"), q, k, v, do)
+    ours = attention_grads(lambda *a: kernels.attention(*a, impl="triton"), q, k, v, do)
     sdpa = attention_grads(lambda *a: F.scaled_dot_product_attention(*a, is_causal=True), q, k, v, do)
     exact = attention_grads(lambda *a: attention_math(*a), q.double(), k.double(), v.double(), do.double())
     assert_as_good_as_torch(ours, sdpa, exact)
@@ -162,7 +162,7 @@ def gpt_losses(steps: int, compile: bool = False, **ops) -> list[float]:
 
 def test_gpt_on_triton_trains_like_the_reference_in_bf16():
     ours = gpt_losses(10, attention="triton", layernorm="triton", cross_entropy="triton")
-    ref = gpt_losses(10, attention="sdpa", layernorm="torch", cross_entropy="torch")
+    ref = gpt_losses(10, attention="torch", layernorm="torch", cross_entropy="torch")
     assert ours[-1] < ours[0]
     assert ours == pytest.approx(ref, rel=2e-2)
 
@@ -170,4 +170,4 @@ def test_gpt_on_triton_trains_like_the_reference_in_bf16():
 def test_gpt_on_triton_compiles_in_one_graph_with_inductor():
     ours = gpt_losses(3, compile=True, attention="triton", layernorm="triton", cross_entropy="triton",
                       fused_linear_loss=True)
-    assert ours == pytest.approx(gpt_losses(3, attention="sdpa", layernorm="torch", cross_entropy="torch"), rel=2e-2)
+    assert ours == pytest.approx(gpt_losses(3, attention="torch", layernorm="torch", cross_entropy="torch"), rel=2e-2)

@@ -51,7 +51,7 @@ def test_public_op_takes_strided_inputs_and_a_custom_scale():
     qkv = torch.randn(B, T, 3 * H * D)  # as the model makes them: views of one projection, not contiguous
     q, k, v = (t.view(B, T, H, D).transpose(1, 2).requires_grad_() for t in qkv.split(H * D, dim=2))
     q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-    out = kernels.flash_attention(q, k, v, scale=0.3, impl="triton")
+    out = kernels.attention(q, k, v, scale=0.3, impl="triton")
     out.sum().backward()
     ro, rdq, rdk, rdv = reference_grads(q, k, v, torch.ones_like(out), True, 0.3)
     assert_close64(out, ro, torch.float32)
@@ -87,8 +87,8 @@ def test_dropout_keep_rate_is_one_minus_p():
 def test_dropout_follows_torch_manual_seed():
     q, k, v = (torch.randn(1, 1, 12, 16) for _ in range(3))
     torch.manual_seed(5)
-    a = kernels.flash_attention(q, k, v, dropout_p=0.5, impl="triton")
+    a = kernels.attention(q, k, v, dropout_p=0.5, impl="triton")
     torch.manual_seed(5)
-    b = kernels.flash_attention(q, k, v, dropout_p=0.5, impl="triton")
-    c = kernels.flash_attention(q, k, v, dropout_p=0.5, impl="triton")
+    b = kernels.attention(q, k, v, dropout_p=0.5, impl="triton")
+    c = kernels.attention(q, k, v, dropout_p=0.5, impl="triton")
     assert torch.equal(a, b) and not torch.equal(a, c)

@@ -63,12 +63,44 @@ def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
     assert first.read_text() == second.read_text()  # greedy: the seed changes nothing
 
 
+def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_path):
+    # sample i draws with seed + i - 1 whatever --num_samples is; 30 tokens pass block_size=16
+    three = sample(trained, tmp_path / "three", "--start=ROMEO:", "--seed=5", "--num_samples=3")
+    alone = sample(trained, tmp_path / "alone", "--start=ROMEO:", "--seed=7", "--num_samples=1")
+    assert three.returncode == 0 and alone.returncode == 0, three.stderr + alone.stderr
+    index = json.loads((tmp_path / "three" / "samples" / "index.json").read_text())
+    assert index["seeds"] == [5, 6, 7] and index["settings"]["window_shift"] is None
+    third = (tmp_path / "three" / "samples" / "sample_003.txt").read_text()
+    assert third == (tmp_path / "alone" / "samples" / "sample_001.txt").read_text()
+
+
+def test_a_window_shift_larger_than_the_block_is_refused(trained, tmp_path):
+    result = sample(trained, tmp_path, "--window_shift=17")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "block_size of 16" in result.stderr and "1 .. 16" in result.stderr
+
+
+def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trained):
+    result = run_script("launch/bench.py", "sample", f"--out_dir={trained}", "--max_new_tokens=24", "--rounds=1",
+                        "--variants=nanogpt,shift1+serial,nocache,default")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    assert list(rows) == ["variant", "nanogpt", "shift1+serial", "nocache", "default"]
+    text = lambda name: rows[name][rows["variant"].index("text")]
+    # the cache and batching change nothing; the default window (8 of block 16) keeps its own contexts
+    assert text("nanogpt") == text("shift1+serial") == "A" and text("nocache") == text("default")
+    assert rows["nanogpt"][-1] == "1.00x" and rows["default"][rows["variant"].index("window moves by")] == "8"
+
+
 ERRORS = [
     ("launch/train.py", ["--dataset=nope"], ["dataset 'nope' is not prepared", "python data/prepare.py --dataset=nope"]),
     ("launch/train.py", ["--n_layr=2"], ["unknown config key 'n_layr'", "n_layer"]),
     ("launch/train.py", ["missing.yaml"], ["does not exist"]),
     ("launch/sample.py", ["--out_dir=/nonexistent/run"], ["no checkpoint at"]),
     ("launch/sample.py", ["--temperature=-1"], ["temperature"]),
+    ("launch/sample.py", ["--window_shift=0"], ["window_shift", "at least 1"]),
+    ("launch/bench.py", ["sample", "--variants=nanogpt,turbo"], ["not a variant", "shift1+serial"]),
     ("data/prepare.py", ["--dataset=x", "--input=/no/such.txt"], ["does not exist"]),
 ]
 
