@@ -250,8 +250,14 @@ def _describe(run: Run, optimizer: torch.optim.Optimizer) -> None:
     run.print(kernels.describe())
     m, k = cfg.model, cfg.kernels
     loss = ("linear_cross_entropy", k.cross_entropy) if k.fused_linear_loss else ("cross_entropy", k.cross_entropy)
-    asked = {"attention": k.attention, "layernorm": k.layernorm, loss[0]: loss[1]}
-    sizes = {"attention": m.n_embd // m.n_head, "layernorm": m.n_embd, loss[0]: m.vocab_size}
+    head = m.n_embd // m.n_head
+    # the model's norm is named like its op (layernorm | rmsnorm), and so is its KernelConfig key
+    asked = {"attention": k.attention, m.norm: getattr(k, m.norm), loss[0]: loss[1]}
+    sizes = {"attention": head, m.norm: m.n_embd, loss[0]: m.vocab_size}
+    if m.qk_norm and m.norm != "rmsnorm":  # QK-norm is an RMSNorm over rows of one head
+        asked["rmsnorm"], sizes["rmsnorm"] = k.rmsnorm, head
+    if m.pos_emb == "rope":
+        asked["rope"], sizes["rope"] = k.rope, head
     for line in kernels.describe_ops(run.device, run.dtype, asked, sizes):
         run.print(f"  {line}")
     if cfg.train.compile:

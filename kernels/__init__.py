@@ -142,7 +142,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, impl: str = "auto") -> torch.Tensor:
     """RMSNorm over x's last dim, scaled by weight; see kernels/rmsnorm.py."""
-    chosen = resolve(impl, (x, weight), lambda: _rms.input_problem(x, weight))
+    chosen = resolve(impl, (x, weight), lambda: _rms.input_problem(x, weight), ("rmsnorm", x.size(-1)))
     if chosen == "triton":
         return _rms.rms_norm_triton(x, weight, eps)
     if chosen == "math":
@@ -153,10 +153,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, impl: str
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "auto") -> torch.Tensor:
     """Rotary embedding of x (B, T, H, D) at the positions whose (T, D/2) fp32 cos/sin tables are given.
 
-    The tables say the positions, so any absolute positions work (gpt/model.py `Rotary` makes
+    The tables say the positions, so any absolute positions work (gpt/model.py `rope_tables` makes
     them); see kernels/rope.py for the math.
     """
-    chosen = resolve(impl, (x, cos, sin), lambda: _rope.input_problem(x, cos, sin))
+    chosen = resolve(impl, (x, cos, sin), lambda: _rope.input_problem(x, cos, sin), ("rope", x.size(-1)))
     if chosen == "triton":
         return _rope.rope_triton(x, cos, sin)
     if chosen == "math":

@@ -25,11 +25,14 @@ Any last dimension up to MAX_N works (non-powers of two are masked).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
+from kernels.layernorm import GPU_AUTO_MAX_N, LayerNormTiles, gpu_tile_table, gpu_tiles
 from kernels.runtime import INTERPRETER
 
 MAX_N = 65536  # one row must fit one block of registers
@@ -80,21 +83,33 @@ def _rms_bwd_kernel(X, W, DY, DX, RSTD, DW_PART, M, N, stride_x, stride_dy, stri
 
 # ---------------------------------------------------------------- launchers
 
-def _tiles(n: int) -> tuple[int, int, int]:
-    """(BLOCK_M rows, BLOCK_N columns, warps): ~4K elements a tile on GPU, bigger tiles under the interpreter."""
+# The GPU tiles are LayerNorm's (`gpu_tiles`, `gpu_tile_table`, GPU_AUTO_MAX_N from kernels/layernorm.py):
+# the same row layout with one statistic and one partial sum fewer, so its shared-memory bound and the width
+# where ptxas starts spilling hold here too; kernels/gpu_compile.py compiles both kernels' tiles to check it.
+__all__ = ["GPU_AUTO_MAX_N", "LayerNormTiles", "gpu_tile_table", "gpu_tiles"]
+
+
+def _interpreter_tiles(n: int) -> LayerNormTiles:
+    # few, large programs: each costs ~13 ms under the interpreter whatever it does
     block_n = triton.next_power_of_2(n)
-    budget = 16384 if INTERPRETER else 4096
-    block_m = max(1, min(64, budget // block_n))
-    warps = 4 if block_n * block_m <= 4096 else 8
-    return block_m, block_n, warps
+    return LayerNormTiles(max(1, min(64, 16384 // block_n)), block_n, warps=4)
 
 
-def rms_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float, block_m: int | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def _launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles | None) -> LayerNormTiles:
+    n = x2d.size(1)
+    if tiles is None:
+        tiles = _interpreter_tiles(n) if INTERPRETER or not x2d.is_cuda else gpu_tiles(n)
+    if tiles is None:
+        raise GPTError(f"rms_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
+    return replace(tiles, block_m=block_m) if block_m else tiles
+
+
+def rms_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float, block_m: int | None = None,
+                     tiles: LayerNormTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward on (M, N) rows: returns y (M, N) in x's dtype and the fp32 rstd (M,)."""
     M, N = x2d.shape
-    bm, bn, warps = _tiles(N)
-    bm = block_m or bm
+    tiles = _launch_tiles(x2d, block_m, tiles)
+    bm, bn, warps = tiles.block_m, tiles.block_n, tiles.warps
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     rstd = torch.empty(M, device=x2d.device, dtype=torch.float32)
     _rms_fwd_kernel[(triton.cdiv(M, bm),)](x2d, weight, y, rstd, M, N, x2d.stride(0), y.stride(0), eps,
@@ -103,12 +118,13 @@ def rms_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float, block_
 
 
 def rms_norm_backward(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
-                      programs: int | None = None, block_m: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      programs: int | None = None, block_m: int | None = None,
+                      tiles: LayerNormTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the backward: dx (M, N) in x's dtype and dw (N,) in weight's dtype."""
     M, N = x2d.shape
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-    bm, bn, warps = _tiles(N)
-    bm = block_m or bm
+    tiles = _launch_tiles(x2d, block_m, tiles)
+    bm, bn, warps = tiles.block_m, tiles.block_n, tiles.warps
     if programs is None:  # enough programs to fill the GPU; one per tile of rows under the interpreter at most
         sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 1
         programs = max(1, min(triton.cdiv(M, bm), 4 * sms))

@@ -12,7 +12,7 @@ dy1 sin): the same kernel with sin negated, and nothing is saved for it but the
 cos and sin tables, which the caller holds anyway.
 
 The tables are (T, D/2) fp32, one row per position of x, computed by the caller for
-whatever absolute positions it asks (gpt/model.py `Rotary`): the kernel never
+whatever absolute positions it asks (gpt/model.py `rope_tables`): the kernel never
 assumes positions 0..T-1, so a KV cache can rotate new keys at any position
 before storing them. x is (B, T, H, D), the layout right after the q/k/v
 projection; any strides with a contiguous last dim; the output is contiguous.
@@ -24,6 +24,8 @@ and ~132 MiB read and written per tensor; this kernel reads x once and writes y
 once (24 MiB), with no temporaries.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -58,22 +60,54 @@ def _rope_kernel(X, COS, SIN, Y, R, T, H, sxb, sxt, sxh, sign,
 
 # ---------------------------------------------------------------- launcher
 
-def _tiles(half: int) -> tuple[int, int, int]:
-    """(BLOCK_R rows, BLOCK_H pair columns, warps): ~2K pairs a tile on GPU, bigger tiles under the interpreter."""
-    block_h = triton.next_power_of_2(half)
-    budget = 16384 if INTERPRETER else 2048
-    block_r = max(1, min(256, budget // block_h))
-    return block_r, block_h, 4
+@dataclass(frozen=True)
+class RopeTiles:
+    """One launch configuration: head vectors (rows) and pairs (columns) a program covers, and its warps."""
+    block_r: int
+    block_h: int
+    warps: int
+
+    @property
+    def shared_kib(self) -> int:
+        """An upper bound on a block's shared memory: the kernel has no dot and no reduction, so triton
+        allocates none (`python -m kernels.gpu_compile --subset`: 0 bytes at head dim 64 on sm_80 and
+        sm_90); the compile check holds every compiled head dim to this bound."""
+        return 1
+
+    def label(self) -> str:
+        return f"{self.block_r}x{self.block_h} w{self.warps}"
+
+
+def gpu_tiles(head_dim: int) -> RopeTiles | None:
+    """The GPU tiles for heads of `head_dim` (~2K pairs a program, four warps), or None when not taken."""
+    if head_dim % 2 or not 2 <= head_dim <= MAX_HEAD_DIM:
+        return None
+    block_h = triton.next_power_of_2(head_dim // 2)
+    return RopeTiles(max(1, min(256, 2048 // block_h)), block_h, 4)
+
+
+def _launch_tiles(x: torch.Tensor, block_r: int | None, tiles: RopeTiles | None) -> RopeTiles:
+    head_dim = x.size(-1)
+    if tiles is None:
+        if INTERPRETER or not x.is_cuda:  # few, large programs: each costs ~13 ms under the interpreter
+            block_h = triton.next_power_of_2(head_dim // 2)
+            tiles = RopeTiles(max(1, min(256, 16384 // block_h)), block_h, 4)
+        else:
+            tiles = gpu_tiles(head_dim)
+    if tiles is None:
+        raise GPTError(f"rope's kernel takes an even head size from 2 to {MAX_HEAD_DIM}; got {head_dim}. "
+                       "Use impl='torch'.")
+    return RopeTiles(block_r, tiles.block_h, tiles.warps) if block_r else tiles
 
 
 def rope_forward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, inverse: bool = False,
-                 block_r: int | None = None) -> torch.Tensor:
+                 block_r: int | None = None, tiles: RopeTiles | None = None) -> torch.Tensor:
     """Launch the rotation of x (B, T, H, D) by the (T, D/2) tables; `inverse` turns the other way."""
     B, T, H, D = x.shape
     if x.stride(-1) != 1:
         x = x.contiguous()
-    br, bh, warps = _tiles(D // 2)
-    br = block_r or br
+    tiles = _launch_tiles(x, block_r, tiles)
+    br, bh, warps = tiles.block_r, tiles.block_h, tiles.warps
     y = torch.empty((B, T, H, D), device=x.device, dtype=x.dtype)
     rows = B * T * H
     _rope_kernel[(triton.cdiv(rows, br),)](x, cos, sin, y, rows, T, H, x.stride(0), x.stride(1), x.stride(2),
