@@ -143,8 +143,10 @@ class Runner:
         self.run = build_run(cfg, metrics=False, verbose=False)
         self.trainer = Trainer(self.run)
         # the table names what ran: "auto" resolved to the optimizer and dtype actually built
-        defaults = self.run.strategy.optimizer.defaults
-        adamw = "fused" if defaults["fused"] else "foreach" if defaults["foreach"] else "loop"
+        optimizer = self.run.strategy.optimizer
+        defaults = optimizer.defaults  # Muon keeps the AdamW implementation of its other half as adamw_impl
+        adamw = getattr(optimizer, "adamw_impl", None) or (
+            "fused" if defaults["fused"] else "foreach" if defaults["foreach"] else "loop")
         self.variant = dataclasses.replace(variant, optimizer=adamw, dtype=str(self.run.dtype).removeprefix("torch."))
         self.step_ms: list[float] = []
         self.data_ms: list[float] = []

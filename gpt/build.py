@@ -27,7 +27,7 @@ from data.dataset import Dataset, open_dataset
 from data.loader import BatchLoader, local_micro_batches
 from gpt.atomic import write_text_atomic
 from gpt.checkpoint import check_resumable, has_checkpoint
-from gpt.config import Config
+from gpt.config import Config, OptimConfig
 from gpt.distributed import DistEnv, init_process_group, rank_device, read_env
 from gpt.errors import GPTError
 from gpt.heartbeat import Heartbeat
@@ -35,7 +35,7 @@ from gpt.hellaswag import HellaSwag
 from gpt.metrics import MetricsLogger
 from gpt.mfu import MFU
 from gpt.model import GPT
-from gpt.optim import build_optimizer
+from gpt.optim import build_optimizer, describe_optimizer
 from gpt.pretrained import init_pretrained, is_pretrained, open_snapshot
 from gpt.runtime import enable_fast_matmul, resolve_device, resolve_dtype, rng_state, seed_everything, set_rng_state
 from gpt.strategy import build_strategy, choose_strategy
@@ -120,7 +120,9 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
     hellaswag = (HellaSwag.from_file(t.hellaswag_data, dataset.tokenizer, cfg.model.block_size, t.hellaswag_limit)
                  if t.hellaswag_data else None)  # read and tokenized before anything starts: a bad file fails fast
 
-    init_process_group(denv, device, always=choose_strategy(cfg, denv) == "ddp", dist_timeout_s=cfg.dist.dist_timeout)
+    strategy_name = choose_strategy(cfg, denv)
+    _check_muon_strategy(cfg.optim, strategy_name)
+    init_process_group(denv, device, always=strategy_name == "ddp", dist_timeout_s=cfg.dist.dist_timeout)
     strategy = build_strategy(cfg, denv, device, dtype, local_accum, debug=debug)
     # every rank builds the same initial weights (sharded strategies keep only their shards of them);
     # dropout then draws from a per-rank stream
@@ -130,7 +132,8 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
     if weights is not None:  # before the strategy wraps the model; every rank loads the same and keeps its part
         strategy.load_weights(model, weights, str(snapshot.folder))
         del weights
-    strategy.wrap(model, build_optimizer(model, cfg.optim, device.type), compile=t.compile)
+    optimizer = build_optimizer(model, cfg.optim, device.type, rank=denv.rank, world_size=denv.world_size)
+    strategy.wrap(model, optimizer, compile=t.compile)
     seed_everything(t.seed + 1 + denv.rank)
     loader = BatchLoader(dataset, cfg.model.block_size, cfg.data.batch_size, t.gradient_accumulation_steps, t.seed,
                          denv.rank, denv.world_size, sampling=cfg.data.sampling)
@@ -146,7 +149,7 @@ def build_run(cfg: Config, debug: bool = False, metrics: bool = True, verbose: b
             max_iters=t.max_iters, tokens_per_iter=run.tokens_per_iter, device=device,
             mfu=MFU.for_run(cfg.model, device, dtype, denv.world_size))
     if verbose:
-        _describe(run)
+        _describe(run, optimizer)
     return run
 
 
@@ -205,7 +208,35 @@ def _restore(run: Run) -> Optional[str]:
     return state.get("wandb_id")
 
 
-def _describe(run: Run) -> None:
+def _check_muon_strategy(o: OptimConfig, strategy_name: str) -> None:
+    """Refuse Muon under the sharded strategies, before any process group or model exists.
+
+    Muon orthogonalises each whole hidden matrix; ZeRO hands a client optimizer flat shards of the
+    weights and FSDP2 row shards (DTensors), so neither gives it a matrix to work on. Gathering every
+    matrix on every step would undo what those strategies save, so this says so instead.
+    """
+    if o.optimizer != "muon" or strategy_name not in ("deepspeed", "fsdp"):
+        return
+    how = ("ZeRO hands a client optimizer flat shards of the weights (DeepSpeed's own Muon, "
+           "`\"optimizer\": {\"type\": \"Muon\"}` in ds_config.json, is a different implementation this "
+           "trainer does not wire in)") if strategy_name == "deepspeed" else "FSDP keeps only row shards of each weight"
+    raise GPTError(f"--optimizer=muon does not run under --strategy={strategy_name}: {how}, and Muon must see each "
+                   "whole matrix to orthogonalise it. Train with Muon under DDP (`torchrun --nproc_per_node=N "
+                   f"launch/train.py --strategy=ddp`) or one process, or keep {strategy_name} with --optimizer=adamw.")
+
+
+def _describe_schedule(o: OptimConfig) -> str:
+    """The learning-rate schedule in words, for the run's first lines."""
+    if not o.decay_lr:
+        return f"constant learning rate {o.learning_rate:g}"
+    cooldown = f", the last {o.cooldown_frac:.0%} of it a cooldown" if o.lr_schedule == "wsd" else ""
+    muon = f" (Muon {o.muon_lr:g} to {o.muon_lr * o.min_lr / o.learning_rate:g})" if (
+        o.optimizer == "muon" and o.learning_rate > 0) else ""
+    return (f"lr {o.learning_rate:g} to {o.min_lr:g}{muon}: {o.warmup_iters} warmup steps, {o.lr_schedule} "
+            f"schedule to step {o.lr_decay_iters}{cooldown}")
+
+
+def _describe(run: Run, optimizer: torch.optim.Optimizer) -> None:
     """The run's first lines: the model, its size, how the run is laid out, which kernels compute."""
     cfg = run.cfg
     run.print(json.dumps(dataclasses.asdict(cfg.model), indent=1))
@@ -213,13 +244,20 @@ def _describe(run: Run) -> None:
         shape = GPT(cfg.model)
     run.print(f"parameters: {sum(p.numel() for p in shape.parameters()):,} total, "
               f"{shape.num_params():,} without position embeddings")
+    run.print(describe_optimizer(optimizer) + f"; {_describe_schedule(cfg.optim)}")
     run.print(f"strategy {run.strategy.name}, {run.denv.world_size} rank(s), device {run.device}, "
               f"dtype {str(run.dtype).removeprefix('torch.')}, {run.tokens_per_iter:,} tokens per iteration")
     run.print(kernels.describe())
     m, k = cfg.model, cfg.kernels
     loss = ("linear_cross_entropy", k.cross_entropy) if k.fused_linear_loss else ("cross_entropy", k.cross_entropy)
-    asked = {"attention": k.attention, "layernorm": k.layernorm, loss[0]: loss[1]}
-    sizes = {"attention": m.n_embd // m.n_head, "layernorm": m.n_embd, loss[0]: m.vocab_size}
+    head = m.n_embd // m.n_head
+    # the model's norm is named like its op (layernorm | rmsnorm), and so is its KernelConfig key
+    asked = {"attention": k.attention, m.norm: getattr(k, m.norm), loss[0]: loss[1]}
+    sizes = {"attention": head, m.norm: m.n_embd, loss[0]: m.vocab_size}
+    if m.qk_norm and m.norm != "rmsnorm":  # QK-norm is an RMSNorm over rows of one head
+        asked["rmsnorm"], sizes["rmsnorm"] = k.rmsnorm, head
+    if m.pos_emb == "rope":
+        asked["rope"], sizes["rope"] = k.rope, head
     for line in kernels.describe_ops(run.device, run.dtype, asked, sizes):
         run.print(f"  {line}")
     if cfg.train.compile:

@@ -28,6 +28,11 @@ INIT_FROM = ("scratch", "resume", "auto")
 ADAMW_IMPLS = ("auto", "fused", "foreach", "loop")
 STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 FSDP_ACCUMULATION = ("auto", "unsharded", "sharded")
+POS_EMBS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+OPTIMIZERS = ("adamw", "muon")
+LR_SCHEDULES = ("cosine", "wsd", "linear")
 
 
 @dataclasses.dataclass
@@ -39,7 +44,24 @@ class ModelConfig:
     n_layer: int = opt(12, "transformer blocks")
     n_head: int = opt(12, "attention heads per block")
     n_embd: int = opt(768, "embedding width (n_head divides it)")
-    bias: bool = opt(False, "biases in the linear layers and LayerNorms (GPT-2 has them)")
+    bias: bool = opt(False, "biases in the linear layers and LayerNorms (GPT-2 has them; RMSNorm never has one)")
+    # the architecture: the defaults are nanoGPT's GPT-2, so older configs and checkpoints mean what they meant
+    pos_emb: str = opt("learned", "positions: learned (a block_size x n_embd table, GPT-2) | rope (rotary, no weights)")
+    rope_base: float = opt(10000.0, "rotary embeddings' base: pair i turns by position * base^(-2i/head_dim)")
+    norm: str = opt("layernorm", "layernorm (GPT-2) | rmsnorm (scale only: no mean, no bias)")
+    qk_norm: bool = opt(False, "RMSNorm every query and key head before attention (one gain per channel, shared)")
+    mlp: str = opt("gelu", "gelu (4x wide, GPT-2) | relu2 (4x wide, ReLU squared) | swiglu (gated, 8/3x wide)")
+    tie_embeddings: bool = opt(True, "the output head shares the token embedding's weights (GPT-2); False = its own")
+    zero_init: bool = opt(False, "attention and MLP output projections (and an untied head) start at zero")
+    logit_softcap: float = opt(0.0, "logits = cap * tanh(logits / cap) when > 0; 0 = off")
+
+    @property
+    def mlp_hidden(self) -> int:
+        """The MLP's inner width: 4 x n_embd, or for SwiGLU's three matrices 8/3 x n_embd (the same
+        parameters), rounded up to a multiple of 32."""
+        if self.mlp == "swiglu":
+            return 32 * -(-8 * self.n_embd // (3 * 32))
+        return 4 * self.n_embd
 
 
 @dataclasses.dataclass
@@ -49,6 +71,8 @@ class KernelConfig:
 
     attention: str = opt("auto", "auto | triton (ours) | torch (scaled_dot_product_attention) | math (written out)")
     layernorm: str = opt("auto", "auto | triton | torch (F.layer_norm) | math")
+    rmsnorm: str = opt("auto", "auto | triton (ours, fused forward and backward) | torch (F.rms_norm) | math")
+    rope: str = opt("auto", "rotary embeddings of q and k: auto | triton (ours) | torch (rotate-half) | math (complex)")
     cross_entropy: str = opt("auto", "the loss: auto | triton | torch (F.cross_entropy) | math")
     fused_linear_loss: bool = opt(False, "lm_head + loss in token chunks: the full logits never exist")
 
@@ -69,11 +93,19 @@ class OptimConfig:
     beta1: float = opt(0.9, "AdamW beta1")
     beta2: float = opt(0.95, "AdamW beta2")
     grad_clip: float = opt(1.0, "clip the global gradient norm to this; 0 = no clipping")
-    decay_lr: bool = opt(True, "warmup then cosine decay; False = constant learning_rate")
+    decay_lr: bool = opt(True, "warmup then lr_schedule's decay; False = constant learning_rate")
+    lr_schedule: str = opt("cosine", "after warmup: cosine (to min_lr at lr_decay_iters) | wsd (constant, then a "
+                                     "linear cooldown over the last cooldown_frac) | linear (straight down to min_lr)")
     warmup_iters: int = opt(2000, "linear warmup steps")
-    lr_decay_iters: int = opt(600000, "the cosine reaches min_lr at this step")
+    lr_decay_iters: int = opt(600000, "the schedule reaches min_lr at this step")
+    cooldown_frac: float = opt(0.2, "wsd: the share of lr_decay_iters spent decaying, at the end")
     min_lr: float = opt(6e-5, "learning rate at and after lr_decay_iters")
     adamw_impl: str = opt("auto", "auto (fused on CUDA and CPU, else foreach) | fused | foreach | loop")
+    optimizer: str = opt("adamw", "adamw | muon (hidden matrices by Muon, embeddings, head, norms and biases by AdamW)")
+    muon_lr: float = opt(0.02, "Muon's peak learning rate; follows lr_schedule as learning_rate does")
+    muon_momentum: float = opt(0.95, "Muon's Nesterov momentum")
+    muon_ns_steps: int = opt(5, "Newton-Schulz iterations that orthogonalise each Muon update")
+    muon_weight_decay: float = opt(0.0, "Muon's decoupled weight decay (the matrix shrinks by lr * this a step)")
 
 
 @dataclasses.dataclass
@@ -165,23 +197,34 @@ def validate(cfg: Config) -> Config:
                        f"Choose n_head among the divisors of {m.n_embd}.")
     if not 0.0 <= t.dropout < 1.0:
         raise GPTError(f"--dropout={t.dropout} must be in [0, 1).")
-    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip"):
+    for key in ("learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_lr", "muon_weight_decay"):
         if getattr(o, key) < 0:
             raise GPTError(f"--{key}={getattr(o, key)} must not be negative (grad_clip=0 turns clipping off).")
-    for key in ("beta1", "beta2"):
+    for key in ("beta1", "beta2", "muon_momentum"):
         if not 0.0 <= getattr(o, key) < 1.0:
             raise GPTError(f"--{key}={getattr(o, key)} must be in [0, 1).")
     for key, value in (("max_iters", t.max_iters), ("warmup_iters", o.warmup_iters), ("lr_decay_iters", o.lr_decay_iters)):
         if value < 0:
             raise GPTError(f"--{key}={value} must not be negative.")
+    choice("lr_schedule", o.lr_schedule, LR_SCHEDULES)
     if o.decay_lr and o.lr_decay_iters <= o.warmup_iters:
         raise GPTError(f"lr_decay_iters={o.lr_decay_iters} must be greater than warmup_iters={o.warmup_iters} "
-                       "for the cosine schedule (or set --decay_lr=False).")
+                       f"for the {o.lr_schedule} schedule (or set --decay_lr=False).")
+    if not 0.0 < o.cooldown_frac <= 1.0:
+        raise GPTError(f"--cooldown_frac={o.cooldown_frac} must be in (0, 1]: the share of lr_decay_iters the wsd "
+                       "schedule spends decaying.")
     check_device_name("device", t.device)
     choice("dtype", t.dtype, DTYPES)
-    for key in ("attention", "layernorm", "cross_entropy"):
+    for key in ("attention", "layernorm", "rmsnorm", "rope", "cross_entropy"):
         choice(key, getattr(cfg.kernels, key), IMPLS)
     choice("adamw_impl", o.adamw_impl, ADAMW_IMPLS)
+    choice("optimizer", o.optimizer, OPTIMIZERS)
+    if o.muon_ns_steps < 1:
+        raise GPTError(f"--muon_ns_steps={o.muon_ns_steps} must be at least 1 (5 orthogonalises well).")
+    validate_model(m)
+    if m.logit_softcap > 0 and cfg.kernels.fused_linear_loss:
+        raise GPTError(f"--logit_softcap={m.logit_softcap} and --fused_linear_loss=True do not go together: the fused "
+                       "loss never builds the logits the cap bends. Turn one of them off.")
     if t.init_from not in INIT_FROM and t.init_from not in GPT2_MODELS and not Path(t.init_from).expanduser().is_dir():
         raise GPTError(f"--init_from={t.init_from!r} is not one of {', '.join(INIT_FROM + tuple(GPT2_MODELS))}, nor a "
                        "folder: pass one of those, or a folder with a Hugging Face GPT-2's config.json and weights.")
@@ -216,6 +259,20 @@ def validate(cfg: Config) -> Config:
     choice("sampling", d.sampling, SAMPLING)
     choice("data_format", d.data_format, FORMATS)
     return cfg
+
+
+def validate_model(m: ModelConfig) -> None:
+    """The architecture's own checks, also made for a checkpoint's ModelConfig."""
+    choice("pos_emb", m.pos_emb, POS_EMBS)
+    choice("norm", m.norm, NORMS)
+    choice("mlp", m.mlp, MLPS)
+    if m.pos_emb == "rope" and (m.n_embd // m.n_head) % 2:
+        raise GPTError(f"--pos_emb=rope turns channel pairs, but the head size n_embd/n_head = {m.n_embd // m.n_head} "
+                       "is odd: choose n_embd and n_head so that it is even.")
+    if m.rope_base <= 1.0:
+        raise GPTError(f"--rope_base={m.rope_base} must be greater than 1 (10000 is the usual choice).")
+    if m.logit_softcap < 0:
+        raise GPTError(f"--logit_softcap={m.logit_softcap} must not be negative (0 turns the cap off).")
 
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")

@@ -21,7 +21,7 @@ from data.subword import EOT_TEXT, GPT2Tokenizer
 from gpt.atomic import write_text_atomic
 from gpt.config import model_config_from_dict
 from gpt.errors import GPTError
-from gpt.hf_weights import hf_config, to_hf
+from gpt.hf_weights import hf_config, require_gpt2_architecture, to_hf
 
 
 def export_hf(ckpt: dict[str, Any], output_dir: str | Path, source: str = "") -> list[Path]:
@@ -30,9 +30,10 @@ def export_hf(ckpt: dict[str, Any], output_dir: str | Path, source: str = "") ->
         from safetensors.torch import save_file
     except ImportError:
         raise GPTError("--format=hf writes model.safetensors: `pip install -r requirements.txt` installs safetensors.") from None
+    model = model_config_from_dict(ckpt["model_config"])
+    require_gpt2_architecture(model, "export this checkpoint in Hugging Face's GPT-2 format")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = model_config_from_dict(ckpt["model_config"])
     tokenizer = ckpt["tokenizer"]
     vocab_size = int(tokenizer["vocab_size"])
     save_file(to_hf(ckpt["model"], model, vocab_size), str(out / "model.safetensors"), metadata={"format": "pt"})

@@ -30,6 +30,28 @@ EXACT_GELU = "gelu"
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
+def non_gpt2_options(model: ModelConfig) -> list[str]:
+    """The architecture options of `model` that GPT-2 does not have, as `key=value` (empty for nanoGPT's GPT).
+
+    GPT2LMHeadModel computes learned positions, LayerNorm, a GELU MLP and a tied head, nothing else: weights
+    trained with any other option would load into it without complaint and compute something else.
+    """
+    gpt2 = ModelConfig()
+    keys = ("pos_emb", "norm", "qk_norm", "mlp", "tie_embeddings", "logit_softcap")
+    return [f"{k}={getattr(model, k)}" for k in keys if getattr(model, k) != getattr(gpt2, k)]
+
+
+def require_gpt2_architecture(model: ModelConfig, action: str) -> None:
+    """A GPTError when `model` has an architecture option GPT-2 lacks; `action` says what was asked."""
+    differ = non_gpt2_options(model)
+    if differ:
+        raise GPTError(f"cannot {action}: the model has {', '.join(differ)}, which Hugging Face's GPT-2 "
+                       "(GPT2LMHeadModel) does not compute, so its weights would mean something else there. "
+                       "Use the default architecture (learned positions, layernorm, gelu, tied embeddings, no "
+                       "qk_norm or logit soft-cap) for weights that go to or come from GPT-2, or keep this "
+                       "model in our own checkpoint format.")
+
+
 def hf_names(n_layer: int) -> list[str]:
     """Every weight a GPT-2 snapshot must hold, without the `transformer.` prefix."""
     return (["wte.weight", "wpe.weight"] + [f"h.{i}.{t}" for i in range(n_layer) for t in BLOCK_TENSORS]

@@ -53,13 +53,22 @@ DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp
 
 
 def flops_per_token(cfg: ModelConfig) -> int:
-    """Training FLOPs (forward + backward) per token of a GPT of this shape: 6·N + 12·L·H·Q·T."""
-    c, v = cfg.n_embd, cfg.vocab_size
-    per_layer = 12 * c * c + 2 * c  # attention 4·C², MLP 8·C², two LayerNorm weights
-    if cfg.bias:
-        per_layer += 2 * c + 3 * c + c + 4 * c + c  # the two LayerNorm biases, then c_attn, c_proj, c_fc, mlp c_proj
-    n = v * c + cfg.n_layer * per_layer + c + (c if cfg.bias else 0)  # tied wte/lm_head, blocks, ln_f
-    q = c // cfg.n_head
+    """Training FLOPs (forward + backward) per token of a GPT of this shape: 6·N + 12·L·H·Q·T.
+
+    N counts the weights a token's compute touches: the output head once whether or not it is tied
+    (an untied token embedding is a lookup, no matmul), no position table (learned or rotary: both only
+    add or rotate); the MLP is 2 matrices of mlp_hidden, or 3 for SwiGLU.
+    """
+    c, v, q = cfg.n_embd, cfg.vocab_size, cfg.n_embd // cfg.n_head
+    hidden = cfg.mlp_hidden
+    per_layer = 4 * c * c + (3 if cfg.mlp == "swiglu" else 2) * c * hidden + 2 * c  # attention, MLP, two norm gains
+    if cfg.qk_norm:
+        per_layer += 2 * q
+    if cfg.bias:  # c_attn, c_proj, c_fc, mlp c_proj; LayerNorm biases (RMSNorm has none)
+        per_layer += 3 * c + c + (2 if cfg.mlp == "swiglu" else 1) * hidden + c
+        per_layer += 2 * c if cfg.norm == "layernorm" else 0
+    final_norm = c + (c if cfg.bias and cfg.norm == "layernorm" else 0)
+    n = v * c + cfg.n_layer * per_layer + final_norm
     return 6 * n + 12 * cfg.n_layer * cfg.n_head * q * cfg.block_size
 
 

@@ -28,7 +28,7 @@ from data.subword import EOT_TEXT, gpt2_meta
 from gpt.config import INIT_FROM, ModelConfig
 from gpt.errors import GPTError
 from gpt.hf_snapshot import GPT2_MODELS, find_model, weights_file
-from gpt.hf_weights import from_hf, shape_from_hf_config
+from gpt.hf_weights import from_hf, require_gpt2_architecture, shape_from_hf_config
 from gpt.model import GPT
 
 
@@ -124,6 +124,7 @@ def check_tokenizer(snapshot: Snapshot, dataset_tokenizer: dict[str, Any], datas
 
 def adopt_shape(model: ModelConfig, snapshot: Snapshot) -> list[str]:
     """Give the run's ModelConfig the snapshot's shape; returns what the config said otherwise, for the user."""
+    require_gpt2_architecture(model, f"start from {snapshot.name}'s weights (--init_from={snapshot.source})")
     s = snapshot.shape
     if model.block_size > s["n_positions"]:
         raise GPTError(f"--block_size={model.block_size} is longer than the {s['n_positions']} learned positions of "

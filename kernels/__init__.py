@@ -7,7 +7,8 @@ same four names (kernels/runtime.py IMPLS):
   "triton" our kernel, or a GPTError saying why it cannot run here. On CPU the kernels
            run only through Triton's interpreter (TRITON_INTERPRET=1 set before this
            package is imported: slow, for tests);
-  "torch"  torch's fused op (scaled_dot_product_attention, F.layer_norm, F.cross_entropy);
+  "torch"  torch's op (scaled_dot_product_attention, F.layer_norm, F.rms_norm, F.cross_entropy;
+           rotate-half in tensor ops for rope);
   "math"   the formula written out (kernels/reference.py): the oracle, slow.
 The choice is made per call from the tensors at hand, so the same model runs its
 kernels on a GPU and torch's ops on a CPU without being told.
@@ -26,9 +27,11 @@ if TRITON:  # the op modules, imported before the same-named functions below rep
     from kernels import cross_entropy as _ce
     from kernels import flash_attention as _fa
     from kernels import layernorm as _ln
+    from kernels import rmsnorm as _rms
+    from kernels import rope as _rope
 
 __all__ = ["IMPLS", "attention", "available", "cross_entropy", "describe", "describe_ops",
-           "fused_linear_cross_entropy", "layer_norm", "resolve"]
+           "fused_linear_cross_entropy", "layer_norm", "resolve", "rms_norm", "rope"]
 
 
 def describe() -> str:
@@ -135,6 +138,30 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     if chosen == "math":
         return reference.layer_norm_math(x, weight, bias, eps)
     return reference.layer_norm_torch(x, weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, impl: str = "auto") -> torch.Tensor:
+    """RMSNorm over x's last dim, scaled by weight; see kernels/rmsnorm.py."""
+    chosen = resolve(impl, (x, weight), lambda: _rms.input_problem(x, weight), ("rmsnorm", x.size(-1)))
+    if chosen == "triton":
+        return _rms.rms_norm_triton(x, weight, eps)
+    if chosen == "math":
+        return reference.rms_norm_math(x, weight, eps)
+    return reference.rms_norm_torch(x, weight, eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """Rotary embedding of x (B, T, H, D) at the positions whose (T, D/2) fp32 cos/sin tables are given.
+
+    The tables say the positions, so any absolute positions work (gpt/model.py `rope_tables` makes
+    them); see kernels/rope.py for the math.
+    """
+    chosen = resolve(impl, (x, cos, sin), lambda: _rope.input_problem(x, cos, sin), ("rope", x.size(-1)))
+    if chosen == "triton":
+        return _rope.rope_triton(x, cos, sin)
+    if chosen == "math":
+        return reference.rope_math(x, cos, sin)
+    return reference.rope_torch(x, cos, sin)
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1,

@@ -170,7 +170,8 @@ def compile_all(jobs: list[Job], workers: int) -> list[Result]:
 
 _KERNEL_NAMES = {"_fwd_kernel": "flash forward", "_bwd_kernel": "flash backward", "_delta_kernel": "flash delta",
                  "_mask_kernel": "dropout mask", "_ln_fwd_kernel": "layernorm forward",
-                 "_ln_bwd_kernel": "layernorm backward", "_ce_kernel": "cross-entropy"}
+                 "_ln_bwd_kernel": "layernorm backward", "_ce_kernel": "cross-entropy",
+                 "_rms_fwd_kernel": "rmsnorm forward", "_rms_bwd_kernel": "rmsnorm backward", "_rope_kernel": "rope"}
 
 
 def table(results: list[Result]) -> str:

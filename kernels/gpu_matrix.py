@@ -1,7 +1,7 @@
 """What the GPU compile check compiles: every kernel launch our launchers make on a GPU, per target.
 
-Each case runs a launcher (attention forward and backward, the dropout mask, LayerNorm forward
-and backward, cross-entropy, linear cross-entropy) on meta tensors, with the tiles the
+Each case runs a launcher (attention forward and backward, the dropout mask, LayerNorm and RMSNorm
+forward and backward, RoPE, cross-entropy, linear cross-entropy) on meta tensors, with the tiles the
 launcher's own table picks for that target, while its module's kernels are swapped for
 recorders. A recorded launch becomes a `Job`: the kernel and the exact signature, constexprs,
 alignment hints and options that triton's JIT would build from those arguments, for one
@@ -31,6 +31,8 @@ from kernels.gpu_support import KIB, Target
 _fa = importlib.import_module("kernels.flash_attention")
 _ln = importlib.import_module("kernels.layernorm")
 _ce = importlib.import_module("kernels.cross_entropy")
+_rms = importlib.import_module("kernels.rmsnorm")
+_rope = importlib.import_module("kernels.rope")
 
 _OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -190,6 +192,35 @@ def layernorm_case(target: Target, n: int, dtype: torch.dtype, bias: bool, backw
     return Case(f"layernorm N={n} {_SHORT[dtype]}{' bias' if bias else ''}", target, tiles, run, _ln)
 
 
+def rmsnorm_case(target: Target, n: int, dtype: torch.dtype, backward: bool = True) -> Case:
+    """RMSNorm forward (and backward) on B*T rows of `n`, weight in the input's dtype."""
+    tiles = _rms.gpu_tiles(n)
+
+    def run() -> None:
+        x = torch.empty(B * T, n, device="meta", dtype=dtype)
+        w = torch.empty(n, device="meta", dtype=dtype)
+        y, rstd = _rms.rms_norm_forward(x, w, 1e-6, tiles=tiles)
+        if backward:  # programs: 4 per SM of an A100 (108), as the launcher picks on one
+            _rms.rms_norm_backward(torch.empty_like(y), x, w, rstd, programs=4 * 108, tiles=tiles)
+
+    return Case(f"rmsnorm N={n} {_SHORT[dtype]}", target, tiles, run, _rms)
+
+
+def rope_case(target: Target, head_dim: int, dtype: torch.dtype) -> Case:
+    """RoPE on the queries and keys of a (B, T, 2 heads, D) projection view, as gpt/model.py rotates them; the
+    backward is the same kernel turning the other way (a runtime sign), so one compile serves both."""
+    tiles = _rope.gpu_tiles(head_dim)
+
+    def run() -> None:
+        heads = max(1, HEADS_WIDTH // head_dim)
+        qkv = torch.empty(B, T, 3 * heads * head_dim, device="meta", dtype=dtype)
+        qk = qkv[..., :2 * heads * head_dim].view(B, T, 2 * heads, head_dim)
+        table = torch.empty(T, head_dim // 2, device="meta", dtype=torch.float32)
+        _rope.rope_forward(qk, table, table, tiles=tiles)
+
+    return Case(f"rope D={head_dim} {_SHORT[dtype]}", target, tiles, run, _rope)
+
+
 def cross_entropy_case(target: Target, vocab: int, dtype: torch.dtype, linear: bool = False) -> Case:
     """Cross-entropy on B*T rows of `vocab` logits, or the fused linear one over 1024-token chunks."""
     tiles = _ce.gpu_tiles(vocab)
@@ -243,6 +274,10 @@ def full_matrix(targets: tuple[Target, ...]) -> list[Case]:
         for vocab, dtype in itertools.product(VOCABS, gpu_support.DTYPES):
             cases.append(cross_entropy_case(target, vocab, dtype))
             cases.append(cross_entropy_case(target, vocab, dtype, linear=True))
+        for (n, _), dtype in itertools.product(layernorm_widths(), gpu_support.DTYPES):
+            cases.append(rmsnorm_case(target, n, dtype))
+        for d, dtype in itertools.product(gpu_support.ROPE_HEAD_DIMS, gpu_support.DTYPES):
+            cases.append(rope_case(target, d, dtype))
     return [c for c in cases if c is not None]
 
 
@@ -251,12 +286,13 @@ SUBSET_TARGETS = ("sm_80", "sm_90")
 
 def subset(targets: tuple[Target, ...]) -> list[Case]:
     """One configuration per kernel (the GPT-2 training step's: bf16, head dim 64, width 768, vocabulary
-    50304), for each target: what `make test` compiles."""
+    50304; RMSNorm and RoPE at the recipe's shapes of that step), for each target: what `make test` compiles."""
     cases: list[Case | None] = []
     for target in targets:
         cases += [attention_case(target, 64, torch.bfloat16, True, False), dropout_mask_case(target),
                   layernorm_case(target, HEADS_WIDTH, torch.bfloat16, bias=True),
-                  cross_entropy_case(target, 50304, torch.bfloat16)]
+                  cross_entropy_case(target, 50304, torch.bfloat16), rmsnorm_case(target, HEADS_WIDTH, torch.bfloat16),
+                  rope_case(target, 64, torch.bfloat16)]
     return [c for c in cases if c is not None]
 
 

@@ -31,9 +31,11 @@ from kernels.runtime import device_capability, max_shared_memory
 _ce = importlib.import_module("kernels.cross_entropy")
 _fa = importlib.import_module("kernels.flash_attention")
 _ln = importlib.import_module("kernels.layernorm")
+_rms = importlib.import_module("kernels.rmsnorm")
+_rope = importlib.import_module("kernels.rope")
 
 KIB = 1024
-Tiles = Union[_fa.AttentionTiles, _ln.LayerNormTiles, _ce.CrossEntropyTiles]
+Tiles = Union[_fa.AttentionTiles, _ln.LayerNormTiles, _ce.CrossEntropyTiles, _rope.RopeTiles]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ TARGET_NAMES = tuple(t.name for t in CHECKED_TARGETS)
 _KNOWN_GPUS = {(6, 0): "P100", (6, 1): "GTX 10xx, P40", (7, 0): "V100", (7, 5): "T4, RTX 20xx",
                (8, 6): "RTX 30xx, A10, A40", (8, 7): "Jetson Orin", (10, 0): "B200", (12, 0): "RTX 50xx"}
 
-OPS = ("attention", "layernorm", "cross_entropy", "linear_cross_entropy")
+OPS = ("attention", "layernorm", "cross_entropy", "linear_cross_entropy", "rmsnorm", "rope")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _SHORT = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -71,6 +73,9 @@ ATTENTION_HEAD_DIMS = (16, 128)
 ATTENTION_CHECKED_HEAD_DIMS = (16, 24, 32, 48, 64, 96, 128)
 # fp32 attention takes torch's SDPA: the kernel has no GPU tiles for it (see GPU_TILES in flash_attention.py).
 ATTENTION_TRITON_DTYPES = _fa.GPU_DTYPES
+# RoPE's kernel compiles once per head dim (half of it is a constexpr, the loop bound over pairs), so `auto`
+# takes it only at the head dims the check compiles: the attention check's, which cover GPT shapes.
+ROPE_HEAD_DIMS = ATTENTION_CHECKED_HEAD_DIMS
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,10 @@ def gpu_tiles(op: str, dtype: torch.dtype, size: int, max_shared: int) -> Tiles 
         return _fa.gpu_tiles(size, dtype, max_shared)
     if op == "layernorm":
         tiles = _ln.gpu_tiles(size)
+    elif op == "rmsnorm":
+        tiles = _rms.gpu_tiles(size)
+    elif op == "rope":
+        tiles = _rope.gpu_tiles(size)
     else:
         tiles = _ce.gpu_tiles(size)
     return tiles if tiles is not None and tiles.shared_kib * KIB <= max_shared else None
@@ -115,9 +124,13 @@ def _size_problem(op: str, dtype: torch.dtype, size: int) -> str | None:
         lo, hi = ATTENTION_HEAD_DIMS
         if not lo <= size <= hi:
             return f"head dim {size}: the kernel is compile-checked for head dims {lo}-{hi}"
-    elif op == "layernorm":
-        if not 1 <= size <= _ln.GPU_AUTO_MAX_N:
-            return f"rows of {size}: the kernel spills registers above {_ln.GPU_AUTO_MAX_N}"
+    elif op in ("layernorm", "rmsnorm"):
+        limit = _ln.GPU_AUTO_MAX_N if op == "layernorm" else _rms.GPU_AUTO_MAX_N
+        if not 1 <= size <= limit:
+            return f"rows of {size}: the kernel spills registers above {limit}"
+    elif op == "rope":
+        if size not in ROPE_HEAD_DIMS:
+            return f"head dim {size}: the kernel is compile-checked for head dims {', '.join(map(str, ROPE_HEAD_DIMS))}"
     elif size < 1:
         return f"vocabulary of {size}"
     return None
@@ -127,8 +140,8 @@ def _size_problem(op: str, dtype: torch.dtype, size: int) -> str | None:
 def decide(op: str, capability: tuple[int, int], dtype: torch.dtype, size: int, max_shared: int) -> Decision:
     """Our kernel or torch for `op` on a GPU of `capability` with `max_shared` bytes of shared memory a block.
 
-    `size` is what picks the op's tiles: the head dim (attention), the row width (layernorm),
-    the vocabulary (cross_entropy, linear_cross_entropy).
+    `size` is what picks the op's tiles: the head dim (attention, rope), the row width (layernorm,
+    rmsnorm), the vocabulary (cross_entropy, linear_cross_entropy).
     """
     if op not in OPS:
         raise GPTError(f"gpu_support.decide: op={op!r} is not one of {', '.join(OPS)}.")
@@ -144,7 +157,7 @@ def decide(op: str, capability: tuple[int, int], dtype: torch.dtype, size: int, 
     if problem:
         return _torch(op, problem)
     where = f"sm_{capability[0]}{capability[1]}, {_SHORT[dtype]}"
-    what = {"attention": "head dim", "layernorm": "rows of"}.get(op, "vocabulary")
+    what = {"attention": "head dim", "rope": "head dim", "layernorm": "rows of", "rmsnorm": "rows of"}.get(op, "vocabulary")
     tiles = gpu_tiles(op, dtype, size, max_shared)
     if tiles is None:
         return _torch(op, f"{where}, {what} {size}: no tiles fit {max_shared // KIB} KiB of shared memory")

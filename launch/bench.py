@@ -18,6 +18,7 @@ MODES = {
     "train": "benchmarks.train",      # end-to-end training step: AdamW impls, bf16, compile, attention side by side
     "sample": "benchmarks.sample",    # generation: cache-free (nanoGPT) vs KV cache, window shift, batching, compile
     "memory": "benchmarks.memory",    # one step's peak memory at a model's shape, with and without activation checkpointing
+    "time-to-loss": "benchmarks.time_to_loss",  # wall time and tokens to a val loss: classic vs fast recipe, ablations
 }
 
 

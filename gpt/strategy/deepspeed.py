@@ -38,6 +38,7 @@ from gpt.checkpoint import (check_model_state, commit_folder_checkpoint, entry_n
 from gpt.distributed import DistEnv, barrier, collective_timeout, ensure_single_process_env
 from gpt.errors import GPTError
 from gpt.model import GPT
+from gpt.optim import set_lr
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 from gpt.strategy.deepspeed_config import load_ds_config, resolve_ds_config
 from gpt.strategy.sharded_init import ShardedInit
@@ -124,8 +125,7 @@ class DeepSpeedStrategy(Strategy):
 
     def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
         # ZeRO wrappers step the client optimizer's param groups: setting lr there reaches every stage
-        for group in self.client_optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.client_optimizer, lr)
         skipped = self.engine.skipped_steps
         total = torch.zeros((), device=self.device)
         batches = MicroBatches(next_batch, self.local_accum, self.device)

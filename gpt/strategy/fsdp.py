@@ -49,6 +49,7 @@ from gpt.checkpoint import (check_model_state, folder_client_state, load_sharded
 from gpt.distributed import DEFAULT_DIST_TIMEOUT_S, DistEnv, init_process_group
 from gpt.errors import GPTError
 from gpt.model import GPT
+from gpt.optim import set_lr
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 from gpt.strategy.sharded_init import ShardFiller, copy_rows
 
@@ -138,8 +139,7 @@ class FSDPStrategy(Strategy):
                 self.model.reshard()  # the root keeps its weights gathered after a forward that no backward follows
 
     def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
         batches = MicroBatches(next_batch, self.local_accum, self.device)
         for block in self.blocks if self.keep_unsharded else ():

@@ -10,6 +10,7 @@ import torch
 from gpt.checkpoint import checkpoint_path, load_checkpoint, load_model_state, save_checkpoint
 from gpt.distributed import barrier
 from gpt.model import GPT
+from gpt.optim import set_lr
 from gpt.strategy.base import Batch, MicroBatches, StepResult, Strategy
 
 
@@ -40,8 +41,7 @@ class SingleStrategy(Strategy):
             return self.model(self.to_device(x), self.to_device(y))[1]
 
     def train_step(self, next_batch: Callable[[], Batch], lr: float) -> StepResult:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         total = torch.zeros((), device=self.device)
         batches = MicroBatches(next_batch, self.local_accum, self.device)
         for last, x, y in batches:

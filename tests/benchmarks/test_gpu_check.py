@@ -33,7 +33,7 @@ def test_every_cpu_stage_runs_and_reports(data_dir, tmp_path, capsys):
     variants = stages["shakespeare"]["results"]["variants"]
     assert set(variants) == {"torch"}
     assert all(v["projected_5000_s"] > 5000 * v["ms_per_iter"] / 1e3 for v in variants.values())  # evals counted
-    assert set(stages["gpt2"]["results"]["variants"]) == {"logits", "fused_linear_loss"}
+    assert set(stages["gpt2"]["results"]["variants"]) == {"logits", "fused_linear_loss", "activation_checkpointing"}
     ddp = stages["distributed"]["results"]["ddp"]
     assert ddp["within_tol"] and ddp["max_loss_diff"] < 1e-5  # fp32 on CPU: DDP over one rank is one process
     markdown = (out / "gpu-check.md").read_text()

@@ -14,7 +14,6 @@ from gpt.generate import decode_stream, filter_logits, generate, next_token, win
 from gpt.model import GPT
 
 BLOCK = 16
-HAS_ROPE = "pos_emb" in {f.name for f in dataclasses.fields(ModelConfig)}
 
 
 def model(**kw) -> GPT:
@@ -132,10 +131,6 @@ def test_compiled_decode_step_gives_the_eager_tokens(monkeypatch):
                        generate(m, prompts, 30, temperature=0.0))
 
 
-NO_ROPE = pytest.mark.skipif(not HAS_ROPE, reason="RoPE is missing: ModelConfig has no pos_emb yet (it comes with "
-                                                  "the recipe branch), so the rolling cache cannot run in a model")
-
-
 def sliding_window_attention(q, k, v, causal=True, dropout_p=0.0, impl="auto", **_):
     """Causal attention in which each query sees only the last BLOCK positions, itself included."""
     i = torch.arange(q.size(-2))
@@ -144,7 +139,6 @@ def sliding_window_attention(q, k, v, causal=True, dropout_p=0.0, impl="auto", *
     return torch.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1) @ v
 
 
-@NO_ROPE
 def test_rope_rolling_cache_decode_equals_full_recomputation_with_sliding_window_attention(monkeypatch):
     m = model(pos_emb="rope")
     torch.manual_seed(1)
@@ -165,7 +159,6 @@ def test_rope_rolling_cache_decode_equals_full_recomputation_with_sliding_window
     assert not torch.allclose(full[:, -1:], cropped, rtol=1e-4, atol=1e-5)
 
 
-@NO_ROPE
 def test_rope_generation_rolls_the_cache_and_window_shift_1_gives_nanogpts_contexts():
     m = model(pos_emb="rope")
     lengths = []

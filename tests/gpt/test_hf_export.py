@@ -8,6 +8,8 @@ from gpt.build import build_run
 from gpt.checkpoint import load_checkpoint, model_from_checkpoint
 from gpt.cli import run_main
 from gpt.config import load_config
+from gpt.errors import GPTError
+from gpt.hf_export import export_hf
 from gpt.pretrained import pretrained_model
 from gpt.trainer import Trainer
 from tests.conftest import tiny_argv
@@ -88,3 +90,14 @@ def test_plain_stays_the_default_and_unknown_formats_are_explained(gpt2_run, tmp
     with pytest.raises(SystemExit):
         run_main(export, [f"--out_dir={gpt2_run}", f"--output_dir={tmp_path}", "--format=onnx"])
     assert "--format='onnx' is not one of plain, hf" in capsys.readouterr().err
+
+
+def test_a_recipe_model_refuses_the_gpt2_export_and_writes_nothing(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_argv(tiny_data, run, max_iters=2, eval_interval=2, pos_emb="rope", norm="rmsnorm", mlp="relu2"))
+    out = tmp_path / "hf"
+    with pytest.raises(SystemExit):
+        run_main(export, [f"--out_dir={run}", f"--output_dir={out}", "--format=hf"])
+    assert not out.exists()
+    with pytest.raises(GPTError, match="pos_emb=rope, norm=rmsnorm, mlp=relu2.*GPT2LMHeadModel"):
+        export_hf(load_checkpoint(run), out)

@@ -74,3 +74,14 @@ def test_a_real_measurement_is_a_plausible_cpu_speed():
 def test_mfu_divides_by_every_device():
     m = mfu.MFU(flops_per_token=1_000_000, peak=mfu.Peak(1e12, "test"), world_size=4)
     assert m.of(200_000) == pytest.approx(1e6 * 2e5 / 4e12)
+
+
+@pytest.mark.parametrize("arch", [dict(pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False),
+                                  dict(mlp="swiglu", bias=True)])
+def test_the_formula_follows_the_architecture_options(arch):
+    cfg = ModelConfig(block_size=32, vocab_size=50, n_layer=2, n_head=4, n_embd=64, **arch)
+    model, x = GPT(cfg, kernels=KernelConfig(attention="math")), torch.randint(0, 50, (3, 32))
+    with FlopCounterMode(display=False) as counter:
+        _, loss = model(x, x)
+        loss.backward()
+    assert counter.get_total_flops() == pytest.approx(mfu.flops_per_token(cfg) * x.numel(), rel=0.03)

@@ -135,3 +135,9 @@ def test_a_finetune_checks_the_context_and_the_datasets_tokenizer(offline_gpt2, 
         build_run(load_config(finetune_argv(gpt2_data, folder, tmp_path, block_size=128)))
     with pytest.raises(GPTError, match="dataset 'tiny' is tokenized with char.*--tokenizer=gpt2"):
         build_run(load_config(tiny_argv(tiny_data, tmp_path, init_from=str(folder))))
+
+
+def test_a_finetune_into_another_architecture_is_refused(offline_gpt2, gpt2_data, tmp_path):
+    folder = offline_gpt2[1]
+    with pytest.raises(GPTError, match="pos_emb=rope, qk_norm=True.*GPT2LMHeadModel"):
+        build_run(load_config(finetune_argv(gpt2_data, folder, tmp_path, pos_emb="rope", qk_norm=True)))

@@ -256,3 +256,33 @@ def test_failed_save_leaves_the_previous_checkpoint(tiny_data, tmp_path, monkeyp
         save_checkpoint({"model": {}}, tmp_path)
     assert (tmp_path / "ckpt.pt").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == ["ckpt-0000002.pt", "ckpt.pt"]
+
+
+RECIPE = dict(optimizer="muon", muon_lr=0.02, learning_rate=3e-3, lr_schedule="wsd", cooldown_frac=0.5,
+              pos_emb="rope", norm="rmsnorm", qk_norm=True, mlp="relu2", tie_embeddings=False, zero_init=True,
+              logit_softcap=15.0)
+
+
+def test_a_resumed_muon_run_repeats_the_uninterrupted_losses_exactly(tiny_data, tmp_path, capsys):
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    train(tiny_data, whole, max_iters=10, lr_decay_iters=10, **RECIPE)
+    assert "optimizer: Muon on 8 hidden matrices" in capsys.readouterr().out  # the split, printed at start
+    train(tiny_data, part, max_iters=6, lr_decay_iters=10, **RECIPE)
+    ckpt = load_checkpoint(part)
+    assert ckpt["model_config"]["pos_emb"] == "rope" and ckpt["model_config"]["mlp"] == "relu2"
+    assert any("momentum_buffer" in s for s in ckpt["optimizer"]["state"].values())
+    train(tiny_data, part, max_iters=10, lr_decay_iters=10, init_from="resume", **RECIPE)
+    assert [r["loss"] for r in records(part, "train")] == [r["loss"] for r in records(whole, "train")]
+    lrs = [r["lr"] for r in records(whole, "train")]
+    assert lrs[2] == lrs[4] == pytest.approx(3e-3) and lrs[9] < lrs[6] < lrs[4]  # wsd: hold, then cool down
+    a, b = load_checkpoint(whole)["model"], load_checkpoint(part)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("strategy,why", [("deepspeed", "ZeRO hands a client optimizer flat shards"),
+                                          ("fsdp", "FSDP keeps only row shards")])
+def test_muon_under_a_sharded_strategy_is_one_clear_error_before_anything_starts(tiny_data, tmp_path, strategy, why):
+    with pytest.raises(GPTError, match=rf"--optimizer=muon does not run under --strategy={strategy}: {why}.*"
+                                       rf"--strategy=ddp.*keep {strategy} with --optimizer=adamw"):
+        build_run(load_config(tiny_argv(tiny_data, tmp_path, optimizer="muon", strategy=strategy)))
+    assert not any(tmp_path.iterdir())  # refused before a process group, a model or an output folder

@@ -25,9 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 fa = importlib.import_module("kernels.flash_attention")
 ln = importlib.import_module("kernels.layernorm")
 ce = importlib.import_module("kernels.cross_entropy")
+rms = importlib.import_module("kernels.rmsnorm")
+rope = importlib.import_module("kernels.rope")
 TARGETS = {t.name: t for t in gpu_support.CHECKED_TARGETS}
 KERNELS = ("flash forward", "flash delta", "flash backward", "dropout mask", "layernorm forward",
-           "layernorm backward", "cross-entropy")
+           "layernorm backward", "cross-entropy", "rmsnorm forward", "rmsnorm backward", "rope")
 
 
 def run_check(*args: str, cwd: Path = REPO, pythonpath: str = "") -> subprocess.CompletedProcess:
@@ -66,7 +68,7 @@ def test_a_kernel_that_cannot_compile_for_a_gpu_fails_the_check(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr
     failed = [r for r in rows(done.stdout) if r[-1].startswith("FAIL")]
     assert [r[0] for r in failed] == ["flash backward"] and "compile error" in failed[0][-1]
-    assert "BLOCK_SMALL=8" in failed[0][1] and "1 of 7 compiles FAILED" in done.stderr
+    assert "BLOCK_SMALL=8" in failed[0][1] and "1 of 10 compiles FAILED" in done.stderr
 
 
 def compiled(jobs: list, kernel: str, **want) -> bool:
@@ -93,6 +95,12 @@ def test_the_matrix_compiles_every_tile_of_every_launchers_gpu_table():
             assert compiled(mine, "_ln_bwd_kernel", BLOCK_M=t.block_m, BLOCK_N=t.block_n, num_warps=t.warps)
         for t in ce.GPU_TILES:
             assert compiled(mine, "_ce_kernel", BLOCK_M=t.block_m, BLOCK_V=t.block_v, num_warps=t.warps)
+        for t in rms.gpu_tile_table():
+            for kernel in ("_rms_fwd_kernel", "_rms_bwd_kernel"):
+                assert compiled(mine, kernel, BLOCK_M=t.block_m, BLOCK_N=t.block_n, num_warps=t.warps), (kernel, t)
+        for d in gpu_support.ROPE_HEAD_DIMS:  # one compile per head dim: half of it is a constexpr
+            t = rope.gpu_tiles(d)
+            assert compiled(mine, "_rope_kernel", HALF=d // 2, BLOCK_R=t.block_r, BLOCK_H=t.block_h, num_warps=t.warps)
 
 
 def test_the_matrix_spans_head_dims_dtypes_causal_dropout_and_the_subset_one_config_per_kernel():
@@ -105,7 +113,8 @@ def test_the_matrix_spans_head_dims_dtypes_causal_dropout_and_the_subset_one_con
     subset = gpu_matrix.unique_jobs(gpu_matrix.subset(tuple(TARGETS[n] for n in gpu_matrix.SUBSET_TARGETS)))
     assert sorted((j.target.name, j.kernel) for j in subset) == sorted(
         (t, k) for t in ("sm_80", "sm_90") for k in ("_fwd_kernel", "_delta_kernel", "_bwd_kernel", "_mask_kernel",
-                                                    "_ln_fwd_kernel", "_ln_bwd_kernel", "_ce_kernel"))
+                                                    "_ln_fwd_kernel", "_ln_bwd_kernel", "_ce_kernel",
+                                                    "_rms_fwd_kernel", "_rms_bwd_kernel", "_rope_kernel"))
 
 
 def test_a_job_is_specialised_as_triton_specialises_the_launch():
@@ -158,8 +167,8 @@ def test_jobs_match_what_tritons_jit_would_compile_for_the_same_launch():
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["_fwd_kernel", "_delta_kernel", "_bwd_kernel", "_mask_kernel", "_ln_fwd_kernel",
-                                   "_ln_bwd_kernel", "_ce_kernel", "_fwd_kernel", "_delta_kernel", "_bwd_kernel",
-                                   "_ln_fwd_kernel", "_ln_bwd_kernel"]
+                                   "_ln_bwd_kernel", "_ce_kernel", "_rms_fwd_kernel", "_rms_bwd_kernel", "_rope_kernel",
+                                   "_fwd_kernel", "_delta_kernel", "_bwd_kernel", "_ln_fwd_kernel", "_ln_bwd_kernel"]
 
 
 def test_shared_memory_over_the_gpu_or_the_table_fails_and_spills_only_warn():

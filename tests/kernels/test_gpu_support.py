@@ -19,7 +19,7 @@ SHARED = {t.capability: t.max_shared for t in gpu_support.CHECKED_TARGETS}
 
 
 @pytest.mark.parametrize("op, size", [("attention", 64), ("layernorm", 768), ("cross_entropy", 50304),
-                                      ("linear_cross_entropy", 65)])
+                                      ("linear_cross_entropy", 65), ("rmsnorm", 768), ("rmsnorm", 64), ("rope", 64)])
 @pytest.mark.parametrize("capability", [A100, L4, H100])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_checked_gpus_run_our_kernels_with_the_launchers_tiles(op, size, capability, dtype):
@@ -80,6 +80,17 @@ def test_layernorm_rows_too_wide_to_run_without_spilling_use_torch():
     assert decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N, SHARED[H100]).use_triton
     d = decide("layernorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N + 1, SHARED[H100])
     assert not d.use_triton and d.reason == "rows of 8193: the kernel spills registers above 8192"
+
+
+def test_rmsnorm_takes_layernorms_row_tiles_and_rope_only_the_compiled_head_dims():
+    assert decide("rmsnorm", A100, torch.bfloat16, 1600, SHARED[A100]).tiles == ln.gpu_tiles(1600)
+    d = decide("rmsnorm", H100, torch.bfloat16, ln.GPU_AUTO_MAX_N + 1, SHARED[H100])
+    assert not d.use_triton and d.reason == "rows of 8193: the kernel spills registers above 8192"
+    for head_dim in range(2, 260, 2):  # half the head dim is a constexpr: only compiled ones run our kernel
+        assert decide("rope", H100, torch.bfloat16, head_dim, SHARED[H100]).use_triton is (
+            head_dim in gpu_support.ROPE_HEAD_DIMS), head_dim
+    assert decide("rope", H100, torch.bfloat16, 80, SHARED[H100]).reason.startswith(
+        "head dim 80: the kernel is compile-checked for head dims 16, 24, 32, 48, 64, 96, 128")
 
 
 def test_tiles_follow_the_devices_shared_memory(monkeypatch):

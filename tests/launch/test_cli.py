@@ -115,6 +115,22 @@ def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trai
     assert rows["nanogpt"][-1] == "1.00x" and rows["default"][rows["variant"].index("window moves by")] == "8"
 
 
+def test_sample_benchmark_runs_a_rope_model_whose_cache_rolls(tiny_data, tmp_path):
+    run = tmp_path / "rope"
+    trained = run_script("launch/train.py", *tiny_argv(tiny_data, run, max_iters=2, eval_interval=2, pos_emb="rope",
+                                                       norm="rmsnorm", qk_norm=True))
+    assert trained.returncode == 0, trained.stderr
+    result = run_script("launch/bench.py", "sample", f"--out_dir={run}", "--max_new_tokens=24", "--rounds=1",
+                        "--variants=nanogpt,default,shift1")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line}
+    window, text = rows["variant"].index("window moves by"), rows["variant"].index("text")
+    assert rows["default"][window] == "1 (rolling cache)" and rows["shift1"][window] == "1"
+    # shift1 re-reads nanoGPT's cropped windows; the rolled cache keeps what left the window in deeper layers
+    assert rows["nanogpt"][text] == rows["shift1"][text]
+
+
 def test_a_user_error_is_one_paragraph_and_exit_code_2_from_the_real_process(tmp_path):
     # the in-process cases in test_bad_inputs.py cover every message; this one goes through `python launch/train.py`
     result = run_script("launch/train.py", "--dataset=nope", cwd=tmp_path)
