@@ -76,7 +76,7 @@ def test_a_muon_run_on_two_ddp_ranks_matches_one_process(tiny_data, reference_lo
     result = torchrun(["--strategy=ddp", *tiny_argv(tiny_data, tmp_path / "ddp", **COMMON)])
     ok(result)
     assert "Newton-Schulz shared over 2 ranks" in result.stdout
-    worst = assert_close(logged(tmp_path / "ddp"), reference_losses(COMMON), 1e-4)
+    worst = assert_close(logged(tmp_path / "ddp"), reference_losses(COMMON))  # measured 3.6e-7
     ranks = rank_records(tmp_path / "ddp", 2)
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the ranks never drift apart
     print(f"Muon, DDP vs single, largest per-iteration loss difference over 12 iterations: {worst:.2e}")
