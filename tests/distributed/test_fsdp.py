@@ -19,13 +19,13 @@ from gpt.strategy import choose_strategy
 from gpt.strategy.fsdp import FSDPStrategy
 from gpt.strategy.sharded_init import ShardedInit
 from gpt.trainer import Trainer
-from tests.conftest import tiny_argv
+from tests.conftest import logged, tiny_argv
 from tests.distributed.conftest import FSDP_RUN
-from tests.distributed.launch import assert_close, losses, reference_run, torchrun
+from tests.distributed.launch import assert_close, assert_scheduled_lr, ok, rank_records, torchrun
 from tests.launch.test_bad_inputs import entry
 
-@pytest.mark.parametrize("per_rank", [1, 4])
-def test_fsdp_losses_match_one_process(tiny_data, tmp_path_factory, tmp_path, fsdp_two_ranks, per_rank):
+@pytest.mark.parametrize("per_rank", [pytest.param(1, marks=pytest.mark.long), 4])
+def test_fsdp_losses_match_one_process(tiny_data, reference_losses, tmp_path, fsdp_two_ranks, per_rank):
     """20 iterations on 2 ranks: with 4 micro-batches per rank (resharding after each), and with one (and
     activation checkpointing, which recomputes each block in the backward: the same losses)."""
     flags = {**FSDP_RUN, "gradient_accumulation_steps": 2 * per_rank}
@@ -34,10 +34,11 @@ def test_fsdp_losses_match_one_process(tiny_data, tmp_path_factory, tmp_path, fs
     else:
         out = tmp_path
         result = torchrun(["--strategy=fsdp", "--activation_checkpointing=True", *tiny_argv(tiny_data, out, **flags)])
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    single = reference_run(tiny_data, tmp_path_factory, flags)
-    worst = assert_close(losses(out), losses(single), 1e-5)
-    assert_close(losses(out, "eval", "val_loss"), losses(single, "eval", "val_loss"), 1e-5)
+        ok(result)
+    ranks = rank_records(out, 2)
+    worst = assert_close(logged(out), reference_losses(flags))
+    assert_scheduled_lr(ranks, logged(out, "lr"), flags)
+    assert_close(logged(out, "val_loss"), reference_losses(flags, "val_loss"))
     print(f"FSDP (2 ranks, {per_rank} micro-batch(es) each) vs one process, largest loss difference over 20 "
           f"iterations: {worst:.2e}")
 
@@ -52,8 +53,8 @@ def test_fsdp_resumes_exactly_and_exports_for_sampling(tiny_data, tmp_path, one_
     Trainer(build_run(load_config(tiny_argv(tiny_data, split, **{**flags, "max_iters": 4})))).run()
     assert (split / "latest").read_text() == entry_name(4) and (split / entry_name(4) / ".metadata").is_file()
     Trainer(build_run(load_config(tiny_argv(tiny_data, split, **flags, init_from="resume")))).run()
-    assert losses(split) == losses(whole)
-    assert losses(split, "eval", "val_loss") == losses(whole, "eval", "val_loss")
+    assert logged(split) == logged(whole)
+    assert logged(split, "val_loss") == logged(whole, "val_loss")
     assert sorted(p.name for p in split.glob("ckpt-*")) == [entry_name(8)]  # keep_last=1: ckpt-4 went
 
     plain = load_checkpoint(split)
@@ -61,7 +62,7 @@ def test_fsdp_resumes_exactly_and_exports_for_sampling(tiny_data, tmp_path, one_
     loader = BatchLoader(open_dataset(tiny_data, "tiny"), 16, 4, 1, seed=1337)
     with torch.no_grad():
         val = sum(model(*loader.eval_batch("val", k))[1].item() for k in range(2)) / 2
-    assert val == pytest.approx(losses(split, "eval", "val_loss")[8], abs=1e-6)
+    assert val == pytest.approx(logged(split, "val_loss")[8], abs=1e-6)
     entry("launch/sample.py")([f"--out_dir={split}", f"--output_dir={tmp_path / 's'}", "--num_samples=1",
                                "--max_new_tokens=10", "--start=ROMEO:"])
     assert (tmp_path / "s" / "sample_001.txt").read_text().startswith("ROMEO:")
@@ -110,6 +111,7 @@ def test_a_sharded_build_draws_what_a_plain_build_draws_and_refuses_what_it_cann
     assert torch.equal(kept["full"], plain.normal_(0.0, 0.02))
 
 
+@pytest.mark.long
 def test_no_rank_holds_the_whole_model_while_fsdp_or_zero3_builds_it(tmp_path):
     """Peak resident memory added by each build, per rank of 2, at 25M parameters (101 MB): a sharded build stays
     well under the model's size, a plain build reaches it (so the measure can fail); the weights are the plain
@@ -141,4 +143,4 @@ def test_fsdp_finetunes_from_a_pretrained_snapshot(offline_gpt2, gpt2_data, tmp_
     flags = dict(dataset="tinygpt2", init_from=str(offline_gpt2[1]), max_iters=3, eval_interval=3, dropout=0.0)
     Trainer(build_run(load_config(tiny_argv(gpt2_data, tmp_path / "single", **flags)))).run()
     Trainer(build_run(load_config(tiny_argv(gpt2_data, tmp_path / "fsdp", strategy="fsdp", **flags)))).run()
-    assert_close(losses(tmp_path / "fsdp"), losses(tmp_path / "single"), 1e-6)
+    assert_close(logged(tmp_path / "fsdp"), logged(tmp_path / "single"), 1e-6)

@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch.distributed as dist
 
 from gpt.distributed import DistEnv
@@ -142,6 +143,7 @@ def rank_pid(agent_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} under torchrun {agent_pid}")
 
 
+@pytest.mark.long
 def test_a_sigstopped_rank_of_a_real_run_ends_the_job_with_its_name_then_torchrun_resumes_it(tiny_data, tmp_path):
     timeout = 5.0
     out = tmp_path / "run"

@@ -1,4 +1,6 @@
 """The optimizer groups and the learning-rate schedule users configure with nanoGPT's keys."""
+import math
+
 import pytest
 
 from gpt.config import ModelConfig, OptimConfig, load_config
@@ -6,14 +8,16 @@ from gpt.errors import GPTError
 from gpt.model import GPT
 from gpt.optim import build_optimizer, lr_at, set_lr
 
+SCHEDULE = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2100)
 
-def test_schedule_warms_up_then_decays_to_min_lr():
-    cfg = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
-    assert lr_at(0, cfg) < lr_at(50, cfg) < lr_at(99, cfg) <= 1e-3
-    assert lr_at(100, cfg) == pytest.approx(1e-3)
-    assert lr_at(1050, cfg) == pytest.approx(0.5 * (1e-3 + 1e-4))
-    assert lr_at(2000, cfg) == pytest.approx(1e-4)
-    assert lr_at(5000, cfg) == pytest.approx(1e-4)
+
+def test_schedule_warms_up_linearly_then_follows_a_cosine_to_min_lr():
+    # nanoGPT's formulas written out: warmup (it+1)/(warmup+1), then min + (1+cos(pi*ratio))/2 * (max-min)
+    cosine = lambda ratio: 1e-4 + 0.5 * (1 + math.cos(math.pi * ratio)) * 9e-4  # noqa: E731
+    expected = {0: 1e-3 / 101, 49: 1e-3 * 50 / 101, 99: 1e-3 * 100 / 101, 100: 1e-3,
+                600: cosine(0.25), 1100: cosine(0.5), 1600: cosine(0.75), 2100: 1e-4, 5000: 1e-4}
+    assert {it: lr_at(it, SCHEDULE) for it in expected} == pytest.approx(expected, rel=1e-12)
+    assert lr_at(600, SCHEDULE) == pytest.approx(8.682e-4, rel=1e-4)  # a quarter in: a cosine, not a line (7.75e-4)
     assert lr_at(1234, OptimConfig(learning_rate=3e-4, decay_lr=False)) == 3e-4
 
 

@@ -68,10 +68,16 @@ def train(tiny_data, out_dir, **overrides):
     return result
 
 
-def test_offline_run_holds_config_every_train_line_and_eval_and_resume_keeps_its_id(tiny_data, tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
+def test_without_a_key_a_run_falls_back_to_offline_once_holds_every_line_and_resume_keeps_its_id(
+        tiny_data, tmp_path, monkeypatch):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no wandb settings: nobody logged in
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
     out = tmp_path / "run"
-    train(tiny_data, out, max_iters=20, eval_interval=10, lr_decay_iters=30)
+    result = train(tiny_data, out, max_iters=20, eval_interval=10, lr_decay_iters=30)
+    notices = [line for line in result.stdout.splitlines() if "no API key and no WANDB_MODE" in line]
+    assert len(notices) == 1 and "offline" in notices[0] and "wandb sync" in notices[0]
     (run_dir,) = offline_runs(out)
     rows = history(run_dir)
     train_rows = [r for r in rows if "train/loss" in r]
@@ -88,24 +94,13 @@ def test_offline_run_holds_config_every_train_line_and_eval_and_resume_keeps_its
     run_id = run_dir.name.rsplit("-", 1)[1]
     assert load_checkpoint(out)["wandb_id"] == run_id
 
-    train(tiny_data, out, max_iters=30, eval_interval=10, lr_decay_iters=30, init_from="resume")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # asked for by name this time: no notice
+    resumed = train(tiny_data, out, max_iters=30, eval_interval=10, lr_decay_iters=30, init_from="resume")
+    assert "no API key and no WANDB_MODE" not in resumed.stdout
     runs = offline_runs(out)
     assert len(runs) == 2 and all(r.name.endswith(f"-{run_id}") for r in runs)  # `wandb sync` joins them in order
     resumed = [r["iter"] for r in history(runs[-1]) if "train/loss" in r]
     assert resumed == list(range(20, 30))
-
-
-def test_no_key_and_no_mode_falls_back_to_offline_and_says_so_once(tiny_data, tmp_path, monkeypatch):
-    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc, no wandb settings: nobody logged in
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
-    out = tmp_path / "run"
-    result = train(tiny_data, out, max_iters=2, eval_interval=2, lr_decay_iters=4)
-    notices = [line for line in result.stdout.splitlines() if "no API key and no WANDB_MODE" in line]
-    assert len(notices) == 1 and "offline" in notices[0] and "wandb sync" in notices[0]
-    (run_dir,) = offline_runs(out)
-    assert [r["iter"] for r in history(run_dir) if "train/loss" in r] == [0, 1]
 
 
 def test_without_wandb_log_wandb_is_never_imported(tiny_data, tmp_path):

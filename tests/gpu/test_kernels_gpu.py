@@ -1,8 +1,9 @@
 """Our Triton kernels on a CUDA GPU, in bf16 at the sizes the GPT uses (skipped without CUDA).
 
 bf16 results are judged against float64 next to torch's own bf16 result: our error
-may be at most a small multiple of torch's, so the tolerance follows the dtype.
-Run with `make gpu-check`.
+may be at most twice torch's plus bf16's rounding of the largest value, so the tolerance
+follows the dtype and scales with the values (tests/kernels/test_checks.py shows on CPU
+that a zero or a 10%-off result fails it). Run with `make gpu-check`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from gpt.config import ModelConfig
 from gpt.model import GPT
 from kernels.flash_attention import attention_backward, attention_forward, dropout_keep_mask
 from kernels.reference import attention_math
-from tests.kernels.checks import assert_close64, poison_allocations
+from tests.kernels.checks import assert_as_accurate_as, assert_close_relative, poison_allocations
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available() or kernels.INTERPRETER or not kernels.TRITON,
@@ -30,15 +31,8 @@ def poison(monkeypatch):
     poison_allocations(monkeypatch)
 
 
-def max_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not torch.isnan(got).any(), "NaN in the kernel's output: an unwritten (poisoned) element"
-    return (got.double() - want).abs().max().item()
-
-
 def assert_as_good_as_torch(ours: list[torch.Tensor], torchs: list[torch.Tensor], exact: list[torch.Tensor]) -> None:
-    for name, o, t, e in zip(["out", "grad 1", "grad 2", "grad 3"], ours, torchs, exact):
-        ours_err, torch_err = max_err(o, e), max_err(t, e)
-        assert ours_err <= 2.0 * torch_err + 1e-3, f"{name}: our error {ours_err:.3g} vs torch's {torch_err:.3g}"
+    assert_as_accurate_as(ours, torchs, exact, ["out", "grad 1", "grad 2", "grad 3"])
 
 
 def attention_grads(fn, q, k, v, do):
@@ -69,7 +63,7 @@ def test_flash_attention_fp32_fp16_match_float64(poison, dtype, causal):
     exact = attention_grads(lambda *a: attention_math(*a, causal=causal), q.double(), k.double(), v.double(),
                             do.double())
     for got, want in zip([o, *grads], exact):
-        assert_close64(got, want, dtype, scale=5)
+        assert_close_relative(got, want, rel=1e-4 if dtype == torch.float32 else 1e-2)
 
 
 def test_flash_attention_dropout_mask_matches_in_forward_and_backward(poison):
@@ -84,7 +78,7 @@ def test_flash_attention_dropout_mask_matches_in_forward_and_backward(poison):
     exact = attention_grads(lambda *a: attention_math(*a, dropout_p=p, keep=keep), q.double(), k.double(),
                             v.double(), do.double())
     for got, want in zip([o, *grads], exact):
-        assert_close64(got, want, torch.float16, scale=5)
+        assert_close_relative(got, want, rel=1e-2)
 
 
 @pytest.mark.parametrize("rows, n", [(8192, 768), (4099, 1000)])

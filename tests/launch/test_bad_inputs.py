@@ -57,9 +57,11 @@ CASES = [
     ("launch/sample.py", ["--out_dir={run}", "--start=ROMEO: ☃"], {}, ["'☃'"]),
     ("launch/sample.py", ["--out_dir={run}", "--start="], {}, ["prompt is empty"]),
     ("launch/sample.py", ["extra"], {}, ["unexpected argument"]),
+    ("launch/sample.py", ["--window_shift=0"], {}, ["window_shift", "at least 1"]),
     ("data/prepare.py", ["--dataset=x", "--input=/no/such/dir"], {}, ["does not exist"]),
     ("data/prepare.py", ["--dataset=x"], {}, ["--input"]),
     ("launch/bench.py", ["warp-drive"], {}, ["unknown mode"]),
+    ("launch/bench.py", ["sample", "--variants=nanogpt,turbo"], {}, ["not a variant", "shift1+serial"]),
     ("launch/export_checkpoint.py", ["--out_dir={out}/nothing", "--output_dir={out}/plain"], {}, ["no checkpoint at"]),
     ("launch/export_checkpoint.py", ["--out_dir={run}", "--output_dir={run}"], {}, ["--output_dir must differ"]),
 ]

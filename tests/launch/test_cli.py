@@ -1,9 +1,16 @@
 """The entry points as a user runs them: outputs on success, one clear paragraph on error."""
 import json
+import subprocess
 
 import pytest
 
+from data.prepare import PrepareConfig
+from gpt.cli import run_main
+from gpt.config import Config
+from gpt.flags import field_specs
+from launch.sample import SampleConfig
 from tests.conftest import run_script, tiny_argv
+from tests.launch.test_bad_inputs import entry
 
 
 @pytest.fixture(scope="module")
@@ -15,13 +22,28 @@ def trained(tiny_data, tmp_path_factory):
     return out
 
 
-def sample(trained, tmp_path, *args):
-    return run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
+def in_process(capsys, script: str, *args: str) -> subprocess.CompletedProcess:
+    """`python <script> args` run in this process (a subprocess would add only its start-up, seconds here):
+    its exit code and printed output."""
+    capsys.readouterr()
+    try:
+        run_main(entry(script), list(args))
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], code, out, err)
+
+
+def sample(capsys, trained, tmp_path, *args):
+    return in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
                       "--max_new_tokens=30", *args)
 
 
 def test_sample_prints_numbered_samples_and_writes_one_file_each(trained, tmp_path):
-    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=3", "--top_p=0.9")
+    # the one sample run started as a user starts it; the others run in this process
+    result = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'samples'}",
+                        "--max_new_tokens=30", "--start=ROMEO:", "--num_samples=3", "--top_p=0.9")
     assert result.returncode == 0, result.stderr
     for i in (1, 2, 3):
         assert f"sample {i}/3" in result.stdout
@@ -30,20 +52,20 @@ def test_sample_prints_numbered_samples_and_writes_one_file_each(trained, tmp_pa
     assert all(f.read_text().startswith("ROMEO:") and len(f.read_text()) == len("ROMEO:") + 30 for f in files)
 
 
-def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_path):
+def test_sample_with_a_seed_is_reproducible_and_reads_prompt_files(trained, tmp_path, capsys):
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("JULIET:\n")
-    a = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
-    b = sample(trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    a = sample(capsys, trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
+    b = sample(capsys, trained, tmp_path, f"--start=FILE:{prompt}", "--seed=5", "--num_samples=2")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and "JULIET:\n" in a.stdout
 
 
-def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path):
+def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path, capsys):
     args = ("--start=ROMEO:", "--seed=11", "--num_samples=2", "--top_k=10", "--top_p=0.95")
-    plain = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'a'}",
+    plain = in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'a'}",
                        "--max_new_tokens=30", *args)
-    streamed = run_script("launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'b'}",
+    streamed = in_process(capsys, "launch/sample.py", f"--out_dir={trained}", f"--output_dir={tmp_path / 'b'}",
                           "--max_new_tokens=30", "--stream=True", *args)
     assert plain.returncode == 0 and streamed.returncode == 0, plain.stderr + streamed.stderr
     samples = lambda out: out.rsplit("---------- 2 sample(s)", 1)[0]  # the last line names the output_dir
@@ -52,8 +74,8 @@ def test_streamed_samples_equal_the_non_streamed_ones(trained, tmp_path):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
-def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
-    result = sample(trained, tmp_path, "--start=ROMEO:", "--num_samples=2", "--temperature=0", "--seed=9")
+def test_sample_index_says_how_the_samples_were_made(trained, tmp_path, capsys):
+    result = sample(capsys, trained, tmp_path, "--start=ROMEO:", "--num_samples=2", "--temperature=0", "--seed=9")
     assert result.returncode == 0, result.stderr
     index = json.loads((tmp_path / "samples" / "index.json").read_text())
     assert index["prompt"] == "ROMEO:" and index["seed"] == 9 and index["checkpoint_iter"] == 4
@@ -63,10 +85,10 @@ def test_sample_index_says_how_the_samples_were_made(trained, tmp_path):
     assert first.read_text() == second.read_text()  # greedy: the seed changes nothing
 
 
-def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_path):
+def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_path, capsys):
     # sample i draws with seed + i - 1 whatever --num_samples is; 30 tokens pass block_size=16
-    three = sample(trained, tmp_path / "three", "--start=ROMEO:", "--seed=5", "--num_samples=3")
-    alone = sample(trained, tmp_path / "alone", "--start=ROMEO:", "--seed=7", "--num_samples=1")
+    three = sample(capsys, trained, tmp_path / "three", "--start=ROMEO:", "--seed=5", "--num_samples=3")
+    alone = sample(capsys, trained, tmp_path / "alone", "--start=ROMEO:", "--seed=7", "--num_samples=1")
     assert three.returncode == 0 and alone.returncode == 0, three.stderr + alone.stderr
     index = json.loads((tmp_path / "three" / "samples" / "index.json").read_text())
     assert index["seeds"] == [5, 6, 7] and index["settings"]["window_shift"] is None
@@ -74,14 +96,14 @@ def test_batched_samples_are_the_ones_drawn_alone_with_their_seeds(trained, tmp_
     assert third == (tmp_path / "alone" / "samples" / "sample_001.txt").read_text()
 
 
-def test_a_window_shift_larger_than_the_block_is_refused(trained, tmp_path):
-    result = sample(trained, tmp_path, "--window_shift=17")
+def test_a_window_shift_larger_than_the_block_is_refused(trained, tmp_path, capsys):
+    result = sample(capsys, trained, tmp_path, "--window_shift=17")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "block_size of 16" in result.stderr and "1 .. 16" in result.stderr
 
 
-def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trained):
-    result = run_script("launch/bench.py", "sample", f"--out_dir={trained}", "--max_new_tokens=24", "--rounds=1",
+def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trained, capsys):
+    result = in_process(capsys, "launch/bench.py", "sample", f"--out_dir={trained}", "--max_new_tokens=24", "--rounds=1",
                         "--variants=nanogpt,shift1+serial,nocache,default")
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
@@ -109,53 +131,60 @@ def test_sample_benchmark_runs_a_rope_model_whose_cache_rolls(tiny_data, tmp_pat
     assert rows["nanogpt"][text] == rows["shift1"][text]
 
 
-ERRORS = [
-    ("launch/train.py", ["--dataset=nope"], ["dataset 'nope' is not prepared", "python data/prepare.py --dataset=nope"]),
-    ("launch/train.py", ["--n_layr=2"], ["unknown config key 'n_layr'", "n_layer"]),
-    ("launch/train.py", ["missing.yaml"], ["does not exist"]),
-    ("launch/sample.py", ["--out_dir=/nonexistent/run"], ["no checkpoint at"]),
-    ("launch/sample.py", ["--temperature=-1"], ["temperature"]),
-    ("launch/sample.py", ["--window_shift=0"], ["window_shift", "at least 1"]),
-    ("launch/bench.py", ["sample", "--variants=nanogpt,turbo"], ["not a variant", "shift1+serial"]),
-    ("data/prepare.py", ["--dataset=x", "--input=/no/such.txt"], ["does not exist"]),
-]
-
-
-@pytest.mark.parametrize("script, args, words", ERRORS)
-def test_user_errors_are_one_paragraph_without_traceback(tmp_path, script, args, words):
-    result = run_script(script, *args, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
-    for word in words:
-        assert word in result.stderr
-
-
-def test_resume_without_a_checkpoint_is_reported(tiny_data, tmp_path):
-    result = run_script("launch/train.py", *tiny_argv(tiny_data, tmp_path / "run", init_from="resume"))
+def test_a_user_error_is_one_paragraph_and_exit_code_2_from_the_real_process(tmp_path):
+    # the in-process cases in test_bad_inputs.py cover every message; this one goes through `python launch/train.py`
+    result = run_script("launch/train.py", "--dataset=nope", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"no checkpoint at {tmp_path / 'run' / 'ckpt.pt'}" in result.stderr
+    assert result.stderr.startswith("error: dataset 'nope' is not prepared") and result.stderr.count("\n") == 1
+    assert "python data/prepare.py --dataset=nope" in result.stderr
 
 
-def test_prompt_outside_the_vocabulary_names_the_characters(trained, tmp_path):
-    result = sample(trained, tmp_path, "--start=ROMEO: «hi»")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "'«'" in result.stderr and "'»'" in result.stderr
+def help_blocks(text: str) -> dict[str, str]:
+    """--help's text per key: the `--key` line and the lines under it."""
+    blocks, key = {}, None
+    for line in text.splitlines():
+        if line.startswith("  --"):
+            key = line.split()[0][2:]
+            blocks[key] = line
+        elif key is not None:
+            blocks[key] += "\n" + line
+    return blocks
 
 
-def test_corrupt_checkpoint_is_reported(tmp_path):
-    (tmp_path / "ckpt.pt").write_bytes(b"\x00" * 64)
-    result = run_script("launch/sample.py", f"--out_dir={tmp_path}")
-    assert result.returncode == 2 and "not a readable checkpoint" in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize("script, config", [("launch/train.py", Config), ("launch/sample.py", SampleConfig),
+                                            ("data/prepare.py", PrepareConfig)])
+def test_help_lists_every_key_with_what_it_does_and_its_default(capsys, script, config):
+    with pytest.raises(SystemExit) as exit_:
+        run_main(entry(script), ["--help"])
+    assert exit_.value.code == 0
+    blocks = help_blocks(capsys.readouterr().out)
+    specs = field_specs(config)
+    assert sorted(blocks) == sorted(specs)
+    for key, spec in specs.items():
+        assert spec.help in blocks[key] and f"default {spec.default!r}" in blocks[key], blocks[key]
 
 
-def test_yaml_error_names_file_and_line(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("n_layer: 2\nn_head: [\n")
-    result = run_script("launch/train.py", str(bad))
-    assert result.returncode == 2 and "bad.yaml: YAML syntax error at line" in result.stderr
+@pytest.mark.parametrize("argv, env, traceback", [
+    (["--dataset=nope"], {}, False),
+    (["--dataset=nope", "--debug"], {}, True),
+    (["--dataset=nope"], {"GPT_DEBUG": "1"}, True),
+    (["--dataset=nope"], {"GPT_DEBUG": "0"}, False),
+])
+def test_debug_or_gpt_debug_shows_the_traceback(tmp_path, monkeypatch, capsys, argv, env, traceback):
+    monkeypatch.delenv("GPT_DEBUG", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exit_:
+        run_main(entry("launch/train.py"), [*argv, f"--data_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "dataset 'nope' is not prepared" in err
+    assert ("Traceback" in err) == traceback
 
 
-def test_debug_flag_shows_the_traceback(tmp_path):
-    result = run_script("launch/train.py", "--dataset=nope", "--debug", cwd=tmp_path)
-    assert result.returncode == 2 and "Traceback" in result.stderr and "is not prepared" in result.stderr
+def test_ctrl_c_outside_a_run_exits_130_without_a_traceback(capsys):
+    def main(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run_main(main, [])
+    assert exit_.value.code == 130 and capsys.readouterr().err == "interrupted\n"
