@@ -75,12 +75,12 @@ def check_zero_job(tiny_data, reference_losses, out, capsys, stage: int, *flags:
     assert_close(logged(out, "val_loss"), until(reference_losses(DIST, "val_loss", nan_at=(3,)), 10))
     assert_scheduled_lr(ranks, logged(out, "lr"), DIST)
     assert LR_CHECKED <= {it for it, step in ranks[0]["steps"].items() if step["applied"]}
-    print(f"ZeRO-{stage} vs one process, largest loss difference over 10 iterations: {worst:.2e}")
     # the plain weights reassembled from the shards give the run's own final val loss; sample and export read them
     assert val_loss_of_export(tiny_data, out) == pytest.approx(logged(out, "val_loss")[10], abs=1e-6)
     run_main(entry("launch/sample.py"), [f"--out_dir={out}", f"--output_dir={out / 's'}", "--num_samples=1",
                                          "--max_new_tokens=20", "--start=ROMEO:"])
     assert "sample 1/1" in capsys.readouterr().out
+    print(f"ZeRO-{stage} vs one process, largest loss difference over 10 iterations: {worst:.2e}")
     run_main(entry("launch/export_checkpoint.py"), [f"--out_dir={out}", f"--output_dir={out / 'plain'}"])
     plain = load_checkpoint(out / "plain")
     assert plain["iter_num"] == 10

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -70,11 +71,12 @@ COMMON = dict(dropout=0.0, gradient_accumulation_steps=4, max_iters=12, lr_decay
               optimizer="muon", muon_lr=0.02, pos_emb="rope", qk_norm=True, mlp="relu2", lr_schedule="wsd")
 
 
-def test_a_muon_run_on_two_ddp_ranks_matches_one_process(tiny_data, tmp_path, reference_losses):
+@pytest.mark.long  # the job end to end; the sharing itself is checked bit for bit above, in a quicker spawn
+def test_a_muon_run_on_two_ddp_ranks_matches_one_process(tiny_data, reference_losses, tmp_path):
     result = torchrun(["--strategy=ddp", *tiny_argv(tiny_data, tmp_path / "ddp", **COMMON)])
     ok(result)
     assert "Newton-Schulz shared over 2 ranks" in result.stdout
-    worst = assert_close(logged(tmp_path / "ddp"), reference_losses(COMMON), 1e-4)
+    worst = assert_close(logged(tmp_path / "ddp"), reference_losses(COMMON))  # measured 3.6e-7
     ranks = rank_records(tmp_path / "ddp", 2)
     assert ranks[0]["weights"] == ranks[1]["weights"]  # the ranks never drift apart
     print(f"Muon, DDP vs single, largest per-iteration loss difference over 12 iterations: {worst:.2e}")

@@ -115,12 +115,12 @@ def test_sample_benchmark_prints_a_table_where_equal_samples_share_a_letter(trai
     assert rows["nanogpt"][-1] == "1.00x" and rows["default"][rows["variant"].index("window moves by")] == "8"
 
 
-def test_sample_benchmark_runs_a_rope_model_whose_cache_rolls(tiny_data, tmp_path):
+def test_sample_benchmark_runs_a_rope_model_whose_cache_rolls(tiny_data, tmp_path, capsys):
     run = tmp_path / "rope"
-    trained = run_script("launch/train.py", *tiny_argv(tiny_data, run, max_iters=2, eval_interval=2, pos_emb="rope",
-                                                       norm="rmsnorm", qk_norm=True))
+    trained = in_process(capsys, "launch/train.py", *tiny_argv(tiny_data, run, max_iters=2, eval_interval=2,
+                                                               pos_emb="rope", norm="rmsnorm", qk_norm=True))
     assert trained.returncode == 0, trained.stderr
-    result = run_script("launch/bench.py", "sample", f"--out_dir={run}", "--max_new_tokens=24", "--rounds=1",
+    result = in_process(capsys, "launch/bench.py", "sample", f"--out_dir={run}", "--max_new_tokens=24", "--rounds=1",
                         "--variants=nanogpt,default,shift1")
     assert result.returncode == 0, result.stderr
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
