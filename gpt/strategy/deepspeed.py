@@ -57,6 +57,21 @@ def import_deepspeed() -> Any:
     return deepspeed
 
 
+def zero_stage_change_problem(saved_stage: int, stage: int) -> str | None:
+    """Why a checkpoint of ZeRO-`saved_stage` cannot resume under ZeRO-`stage`, or None when it can.
+
+    ZeRO-1 and ZeRO-2 keep the same partitioned optimizer state, and a ZeRO-2 checkpoint resumed
+    under ZeRO-1 repeats the uninterrupted losses exactly (docs/benchmarks.md). ZeRO-3 partitions
+    the weights as well, and ZeRO-0 partitions nothing: DeepSpeed cannot load either from another
+    stage (a ZeRO-2 checkpoint under ZeRO-3 fails an assertion deep inside DeepSpeed).
+    """
+    if saved_stage == stage or {saved_stage, stage} == {1, 2}:
+        return None
+    return (f"it was written by DeepSpeed ZeRO-{saved_stage} and this run asks for ZeRO-{stage}; DeepSpeed "
+            f"cannot load a checkpoint across that change (ZeRO-1 and ZeRO-2 resume each other, nothing else). "
+            f"Resume with --zero_stage={saved_stage}, or start fresh in another --out_dir.")
+
+
 class DeepSpeedStrategy(Strategy):
     name = "deepspeed"
 
@@ -178,6 +193,9 @@ class DeepSpeedStrategy(Strategy):
         saved = folder_client_state(out_dir)
         check(saved)
         saved_world, saved_stage = saved.get("world_size", self.denv.world_size), saved.get("zero_stage", 0)
+        problem = zero_stage_change_problem(saved_stage, self.zero_stage)
+        if problem:
+            raise GPTError(f"cannot resume from {out_dir}: {problem}")
         if saved_world != self.denv.world_size and saved_stage > 0 and self.zero_stage > 0:
             universal = self._universal(latest_entry(out_dir), saved_world, saved_stage)
             # what "checkpoint": {"load_universal": true} in ds_config.json sets; DeepSpeed reads it only while

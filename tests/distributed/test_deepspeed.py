@@ -140,3 +140,14 @@ def test_ds_config_that_disagrees_with_the_training_config_is_refused():
     with pytest.raises(GPTError, match=r"gradient_accumulation_steps=8.*\"auto\""):
         resolve_ds_config({"gradient_accumulation_steps": 8}, "ds_config.json", micro_batch=12, local_accum=4,
                           world_size=2, grad_clip=1.0, dtype=torch.float32, zero_stage=None)
+
+
+@pytest.mark.parametrize("saved, asked, resumes", [(2, 2, True), (2, 1, True), (1, 2, True), (2, 3, False),
+                                                   (3, 2, False), (0, 2, False), (1, 0, False), (3, 3, True)])
+def test_a_zero_checkpoint_resumes_only_across_stages_deepspeed_can_load(saved, asked, resumes):
+    # measured: ZeRO-2 -> ZeRO-1 repeats the uninterrupted losses; ZeRO-2 -> ZeRO-3 fails inside DeepSpeed
+    from gpt.strategy.deepspeed import zero_stage_change_problem
+    problem = zero_stage_change_problem(saved, asked)
+    assert (problem is None) == resumes
+    if not resumes:
+        assert f"ZeRO-{saved}" in problem and f"--zero_stage={saved}" in problem
