@@ -45,10 +45,10 @@ train: data
 	echo "   summary     $$out/summary.json, every logged number in $$out/metrics.jsonl"
 
 test: data
-	$(PY) -m pytest -q -m "not long" tests
+	$(PY) -m pytest -q -m "not long" --durations=15 tests
 
 test-long: data
-	$(PY) -m pytest -q -m long tests
+	$(PY) -m pytest -q -m long --durations=15 tests
 
 clean:
 	rm -rf out-*/ shakespeare_output/ .pytest_cache
