@@ -16,19 +16,15 @@ import torch.nn.functional as F
 import kernels
 from gpt.config import ModelConfig
 from gpt.model import GPT
-from kernels.flash_attention import attention_backward, attention_forward, dropout_keep_mask
+from kernels.flash_attention import (
+    attention_backward,
+    attention_forward,
+    dropout_keep_mask,
+)
 from kernels.reference import attention_math
-from tests.kernels.checks import assert_as_accurate_as, assert_close_relative, poison_allocations
+from tests.kernels.checks import assert_as_accurate_as, assert_close_relative
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available() or kernels.INTERPRETER or not kernels.TRITON,
-                                 reason="needs a CUDA GPU, triton, and TRITON_INTERPRET unset")]
 CUDA = torch.device("cuda")
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    poison_allocations(monkeypatch)
 
 
 def assert_as_good_as_torch(ours: list[torch.Tensor], torchs: list[torch.Tensor], exact: list[torch.Tensor]) -> None:

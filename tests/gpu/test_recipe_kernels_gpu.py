@@ -14,22 +14,11 @@ from gpt.config import KernelConfig, ModelConfig, OptimConfig
 from gpt.model import GPT, rope_tables
 from gpt.optim import build_optimizer
 from kernels.reference import rope_math, rope_torch
-from tests.kernels.checks import poison_allocations
+from tests.kernels.checks import assert_as_accurate_as
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available() or kernels.INTERPRETER or not kernels.TRITON,
-                                 reason="needs a CUDA GPU, triton, and TRITON_INTERPRET unset")]
 CUDA = torch.device("cuda")
 
 
-@pytest.fixture
-def poison(monkeypatch):
-    poison_allocations(monkeypatch)
-
-
-def max_err(got: torch.Tensor, want: torch.Tensor) -> float:
-    assert not torch.isnan(got).any(), "NaN in the kernel's output: an unwritten (poisoned) element"
-    return (got.double() - want.double()).abs().max().item()
 
 
 @pytest.mark.parametrize("rows, n", [(8192, 768), (4099, 1000), (98304, 64)])  # the last: QK-norm's head rows
@@ -48,8 +37,7 @@ def test_rms_norm_bf16_is_as_accurate_as_torch(poison, rows, n):
     ours = grads(lambda x, w: kernels.rms_norm(x, w, impl="triton"), x, w)
     eager = grads(lambda x, w: F.rms_norm(x, (n,), w, 1e-6), x, w)
     exact = grads(lambda x, w: F.rms_norm(x, (n,), w, 1e-6), x.double(), w.double())
-    for name, o, t, e in zip(["y", "dx", "dw"], ours, eager, exact):
-        assert max_err(o, e) <= 2.0 * max_err(t, e) + 1e-3, name
+    assert_as_accurate_as(ours, eager, exact, ["y", "dx", "dw"])
 
 
 def test_rope_bf16_on_the_strided_q_and_k_of_a_projection(poison):
@@ -60,7 +48,7 @@ def test_rope_bf16_on_the_strided_q_and_k_of_a_projection(poison):
     cos, sin = rope_tables(torch.arange(T, device=CUDA) + 4096, D, 10000.0)  # positions past any block_size
     exact = rope_math(qk.double(), cos, sin)
     ours, eager = kernels.rope(qk, cos, sin, impl="triton"), rope_torch(qk, cos, sin)
-    assert max_err(ours, exact) <= 2.0 * max_err(eager, exact) + 1e-3
+    assert_as_accurate_as([ours], [eager], [exact], ["q and k"])
 
 
 def recipe_losses(ops: str, steps: int = 10) -> list[float]:
