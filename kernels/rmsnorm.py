@@ -32,7 +32,8 @@ import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
-from kernels.layernorm import GPU_AUTO_MAX_N, LayerNormTiles, gpu_tile_table, gpu_tiles
+# GPU_AUTO_MAX_N and gpu_tile_table are re-exported: RMSNorm runs on LayerNorm's tiles and width limit
+from kernels.layernorm import GPU_AUTO_MAX_N, LayerNormTiles, gpu_tile_table, gpu_tiles  # noqa: F401
 from kernels.runtime import INTERPRETER
 
 MAX_N = 65536  # one row must fit one block of registers
