@@ -139,13 +139,26 @@ def _interpreter_tiles(n: int) -> LayerNormTiles:
     return LayerNormTiles(block_m, block_n, warps=4)
 
 
-def _launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles | None) -> LayerNormTiles:
+def launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles | None,
+                 op: str = "layer_norm") -> LayerNormTiles:
+    """The tiles a row-norm launch uses (LayerNorm's and RMSNorm's): given, or the interpreter's, or the GPU's."""
     n = x2d.size(1)
     if tiles is None:
         tiles = _interpreter_tiles(n) if INTERPRETER or not x2d.is_cuda else gpu_tiles(n)
     if tiles is None:
-        raise GPTError(f"layer_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
+        raise GPTError(f"{op}'s kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
     return replace(tiles, block_m=block_m) if block_m else tiles
+
+
+def backward_grid(x2d: torch.Tensor, block_m: int, programs: int | None) -> tuple[int, int]:
+    """(programs, rows each walks) for a row-norm backward: enough programs to fill the GPU, one per tile
+    of rows under the interpreter at most; each walks whole tiles, so its partial sums cover its rows."""
+    M = x2d.size(0)
+    if programs is None:
+        sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 1
+        programs = max(1, min(triton.cdiv(M, block_m), 4 * sms))
+    rows_per_prog = triton.cdiv(triton.cdiv(M, programs), block_m) * block_m
+    return triton.cdiv(M, rows_per_prog), rows_per_prog
 
 
 def layer_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], eps: float,
@@ -153,7 +166,7 @@ def layer_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the forward on (M, N) rows: returns y (M, N) in x's dtype, and fp32 mean and rstd (M,)."""
     M, N = x2d.shape
-    tiles = _launch_tiles(x2d, block_m, tiles)
+    tiles = launch_tiles(x2d, block_m, tiles)
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     mean = torch.empty(M, device=x2d.device, dtype=torch.float32)
     rstd = torch.empty(M, device=x2d.device, dtype=torch.float32)
@@ -170,13 +183,9 @@ def layer_norm_backward(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tenso
     """Launch the backward: dx (M, N) in x's dtype, dw and db (N,) in weight's dtype."""
     M, N = x2d.shape
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-    tiles = _launch_tiles(x2d, block_m, tiles)
+    tiles = launch_tiles(x2d, block_m, tiles)
     bm = tiles.block_m
-    if programs is None:  # enough programs to fill the GPU; one per tile of rows under the interpreter at most
-        sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 1
-        programs = max(1, min(triton.cdiv(M, bm), 4 * sms))
-    rows_per_prog = triton.cdiv(triton.cdiv(M, programs), bm) * bm
-    programs = triton.cdiv(M, rows_per_prog)
+    programs, rows_per_prog = backward_grid(x2d, bm, programs)
     dx = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     dw_part = torch.empty((programs, N), device=x2d.device, dtype=torch.float32)
     db_part = torch.empty((programs, N), device=x2d.device, dtype=torch.float32)

@@ -25,16 +25,21 @@ Any last dimension up to MAX_N works (non-powers of two are masked).
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 import triton
 import triton.language as tl
 
 from gpt.errors import GPTError
-# GPU_AUTO_MAX_N and gpu_tile_table are re-exported: RMSNorm runs on LayerNorm's tiles and width limit
-from kernels.layernorm import GPU_AUTO_MAX_N, LayerNormTiles, gpu_tile_table, gpu_tiles  # noqa: F401
-from kernels.runtime import INTERPRETER
+
+# GPU_AUTO_MAX_N, gpu_tiles and gpu_tile_table are re-exported: RMSNorm runs on LayerNorm's tiles and width limit
+from kernels.layernorm import (  # noqa: F401
+    GPU_AUTO_MAX_N,
+    LayerNormTiles,
+    backward_grid,
+    gpu_tile_table,
+    gpu_tiles,
+    launch_tiles,
+)
 
 MAX_N = 65536  # one row must fit one block of registers
 
@@ -92,26 +97,11 @@ def _rms_bwd_kernel(X, W, DY, DX, RSTD, DW_PART, M, N, stride_x, stride_dy, stri
 # on the 4096 tile (16-28 bytes a thread on sm_89/sm_90); from the 16384 tile up, 136-3550 bytes.
 
 
-def _interpreter_tiles(n: int) -> LayerNormTiles:
-    # few, large programs: each costs ~13 ms under the interpreter whatever it does
-    block_n = triton.next_power_of_2(n)
-    return LayerNormTiles(max(1, min(64, 16384 // block_n)), block_n, warps=4)
-
-
-def _launch_tiles(x2d: torch.Tensor, block_m: int | None, tiles: LayerNormTiles | None) -> LayerNormTiles:
-    n = x2d.size(1)
-    if tiles is None:
-        tiles = _interpreter_tiles(n) if INTERPRETER or not x2d.is_cuda else gpu_tiles(n)
-    if tiles is None:
-        raise GPTError(f"rms_norm's kernel takes a last dim from 1 to {MAX_N}; got {n}. Use impl='torch'.")
-    return replace(tiles, block_m=block_m) if block_m else tiles
-
-
 def rms_norm_forward(x2d: torch.Tensor, weight: torch.Tensor, eps: float, block_m: int | None = None,
                      tiles: LayerNormTiles | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward on (M, N) rows: returns y (M, N) in x's dtype and the fp32 rstd (M,)."""
     M, N = x2d.shape
-    tiles = _launch_tiles(x2d, block_m, tiles)
+    tiles = launch_tiles(x2d, block_m, tiles, "rms_norm")
     bm, bn, warps = tiles.block_m, tiles.block_n, tiles.warps
     y = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     rstd = torch.empty(M, device=x2d.device, dtype=torch.float32)
@@ -126,13 +116,9 @@ def rms_norm_backward(dy: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor,
     """Launch the backward: dx (M, N) in x's dtype and dw (N,) in weight's dtype."""
     M, N = x2d.shape
     dy = dy if dy.stride(-1) == 1 else dy.contiguous()
-    tiles = _launch_tiles(x2d, block_m, tiles)
+    tiles = launch_tiles(x2d, block_m, tiles, "rms_norm")
     bm, bn, warps = tiles.block_m, tiles.block_n, tiles.warps
-    if programs is None:  # enough programs to fill the GPU; one per tile of rows under the interpreter at most
-        sms = torch.cuda.get_device_properties(x2d.device).multi_processor_count if x2d.is_cuda else 1
-        programs = max(1, min(triton.cdiv(M, bm), 4 * sms))
-    rows_per_prog = triton.cdiv(triton.cdiv(M, programs), bm) * bm
-    programs = triton.cdiv(M, rows_per_prog)
+    programs, rows_per_prog = backward_grid(x2d, bm, programs)
     dx = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     dw_part = torch.empty((programs, N), device=x2d.device, dtype=torch.float32)
     _rms_bwd_kernel[(programs,)](x2d, weight, dy, dx, rstd, dw_part, M, N, x2d.stride(0), dy.stride(0), dx.stride(0),
