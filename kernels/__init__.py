@@ -29,6 +29,7 @@ if TRITON:  # the op modules, imported before the same-named functions below rep
     from kernels import layernorm as _ln
     from kernels import rmsnorm as _rms
     from kernels import rope as _rope
+    from kernels.gpu_support import decide_for, decide_on
 
 __all__ = ["IMPLS", "attention", "available", "cross_entropy", "describe", "describe_ops",
            "fused_linear_cross_entropy", "layer_norm", "resolve", "rms_norm", "rope"]
@@ -53,7 +54,6 @@ def _auto_line(op: str, device: torch.device, dtype: torch.dtype, size: int) -> 
         return f"{op}: torch (auto: triton is not importable)"
     if INTERPRETER:
         return f"{op}: torch (auto: TRITON_INTERPRET=1 runs kernels on CPU tensors only)"
-    from kernels.gpu_support import decide_on
     return decide_on(op, device, dtype, size).line()
 
 
@@ -101,7 +101,6 @@ def resolve(impl: str, tensors: Sequence[torch.Tensor], kernel_problem: Callable
     if impl == "auto":
         auto_triton = TRITON and not INTERPRETER and all(t.is_cuda for t in tensors) and kernel_problem() is None
         if auto_triton and gpu_op is not None:
-            from kernels.gpu_support import decide_for  # cached per (GPU, dtype, size): cheap per call
             auto_triton = decide_for(gpu_op[0], tensors[0], gpu_op[1]).use_triton
         return "triton" if auto_triton else "torch"
     problem = _triton_runs_here(tensors) or kernel_problem()
